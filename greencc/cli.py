@@ -1,0 +1,498 @@
+"""The ``greencc`` command line: compile, inspect, passes, targets, bench, report, repro.
+
+User errors print one line (``greencc: error: ...``) and exit with the status documented
+in ``greencc --help``; no traceback unless ``GREENCC_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+from greencc.errors import EXIT_CODES, GreenccError, UsageError
+
+EPILOG = """\
+examples:
+  greencc compile model.onnx -t ort-cpu -O1 -o out/          # artifact + report.json in out/
+  greencc compile model.onnx --pipeline "cleanup,fold-constants{max_size=1024}" -o out/
+  greencc compile model.onnx -o out/ --dim batch=1 --dim seq=128 --measure
+  greencc inspect model.onnx -t x86-avx512 --dim seq=128     # ops, params, MACs, energy
+  greencc passes                                             # the pass catalogue
+  greencc targets                                            # what runs here, and why not
+  greencc bench out/ --repeats 100                           # latency of a compiled artifact
+  greencc report out/report.json                             # the ledger again
+  greencc cost calibrate -t ort-cpu                          # fit ort-cpu's profile to this machine
+  greencc cost validate -t ort-cpu                           # predicted vs measured, held-out models
+  greencc repro greencc-repro-.../                           # replay a failing pipeline
+
+exit status:
+""" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors use exit status 2
+        raise UsageError(f"{message}", hint=f"see `{self.prog} --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``greencc`` command."""
+    parser = _Parser(
+        prog="greencc",
+        description="Energy-aware model compiler: trace, rewrite with passes, lower to a "
+        "backend, and see what each pass bought in ms, mJ, bytes and fidelity.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from greencc import __version__
+
+    parser.add_argument("--version", action="version", version=f"greencc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def dims_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                       help="bind a symbolic input dim for estimates and checks (repeatable), e.g. --dim seq=128")
+
+    c = sub.add_parser(
+        "compile", help="optimize a model and lower it to a target",
+        description="Optimize MODEL with a pipeline, verify every pass against ONNX Runtime, "
+        "lower it to TARGET and write the artifact and report.json to OUTDIR (atomically: a "
+        "failed compile leaves nothing behind).",
+        epilog="example: greencc compile minilm.onnx -t ort-cpu -O1 -o out/ --dim seq=128",
+    )
+    c.add_argument("model", help="an ONNX file")
+    c.add_argument("-t", "--target", default="ort-cpu", help="target or tag (default ort-cpu; see `greencc targets`)")
+    level = c.add_mutually_exclusive_group()
+    for preset in ("O0", "O1", "O2"):
+        level.add_argument(f"-{preset}", dest="pipeline", action="store_const", const=f"-{preset}",
+                           help=f"preset pipeline -{preset}")
+    level.add_argument("--pipeline", dest="pipeline", metavar="TEXT",
+                       help='pipeline text, e.g. "cleanup,fold-constants{max_size=1024}"')
+    c.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="artifact directory to write")
+    c.add_argument("--calib", metavar="NPZ", help=".npz of arrays named after the model inputs (samples on axis 0)")
+    c.add_argument("--budget", metavar="SPEC", help="fidelity budget for lossy passes, e.g. cos=0.99")
+    c.add_argument("--threads", type=int, help="intra-op threads of the compiled model")
+    c.add_argument("--no-verify", action="store_true", help="skip numerical verification after each pass")
+    c.add_argument("--measure", action="store_true",
+                   help="measure latency and energy per inference of the compiled model and of the original "
+                   "(energy: RAPL or NVML where readable, else a labelled CPU-time estimate)")
+    c.add_argument("--grid-intensity", type=float, metavar="G",
+                   help="grid carbon intensity in gCO2e/kWh (default 475, the IEA 2019 world average)")
+    c.add_argument("--pue", type=float, metavar="P",
+                   help="data-centre power usage effectiveness, >= 1 (default 1.0: the machine alone)")
+    c.add_argument("--print-ir-after", metavar="NAME|all|change", help="print the graph after these passes")
+    c.add_argument("--explain", metavar="PASS", action="append", default=[],
+                   help="list each site PASS declined, with the node and the reason")
+    c.add_argument("--repro-dir", metavar="DIR", default=None,
+                   help="where a failing pass writes its reproducer (default: OUTDIR's parent)")
+    c.add_argument("--report-json", metavar="PATH", help="also write the report JSON here")
+    c.add_argument("--seed", type=int, default=0, help="seed of random verification inputs")
+    c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    dims_option(c)
+
+    i = sub.add_parser("inspect", help="ops, parameters, MACs and estimated energy of a model",
+                       epilog="example: greencc inspect minilm.onnx -t x86-avx512 --dim seq=128")
+    i.add_argument("model")
+    i.add_argument("-t", "--target", default="ort-cpu", help="target or tag whose profile prices the model")
+    i.add_argument("--profile", help="hardware profile name (overrides the target's)")
+    i.add_argument("--top", type=int, default=10, help="show the N costliest nodes")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    dims_option(i)
+
+    p = sub.add_parser("passes", help="list the registered passes (the pass catalogue)")
+    p.add_argument("--json", action="store_true")
+
+    t = sub.add_parser("targets", help="list targets and tags with availability and the reason")
+    t.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="measure the latency of a compiled artifact directory",
+                       epilog="example: greencc bench out/ --repeats 100 --threads 2")
+    b.add_argument("artifact", help="a directory written by `greencc compile`")
+    b.add_argument("--repeats", type=int, default=50)
+    b.add_argument("--warmup", type=int, default=10)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--energy", action="store_true",
+                   help="also measure energy per inference (RAPL/NVML where readable, else a labelled estimate)")
+    dims_option(b)
+
+    r = sub.add_parser("report", help="print a report.json as the ledger table")
+    r.add_argument("report")
+
+    rp = sub.add_parser("repro", help="replay a reproducer directory written by a failing compile")
+    rp.add_argument("directory")
+
+    cost = sub.add_parser("cost", help="calibrate the cost model on this machine and validate it",
+                          description="Calibrate a target's hardware profile with micro-benchmarks on this "
+                          "machine, and validate its predictions on held-out models.")
+    cost_sub = cost.add_subparsers(dest="cost_command", metavar="ACTION", parser_class=_Parser)
+    cal = cost_sub.add_parser(
+        "calibrate", help="fit the target's profile to this machine (under 3 minutes on 2 cores)",
+        description="Run micro-benchmarks of every op class (MatMul/Gemm, batched MatMul, Conv, "
+        "elementwise, reductions, Softmax, LayerNorm, int8, fused contrib ops) through the target, fit "
+        "effective throughput, bandwidth and overheads, and save the calibrated profile under "
+        "$GREENCC_CACHE_DIR (default ~/.cache/greencc)/profiles, where `-t TARGET` then uses it.",
+        epilog="example: greencc cost calibrate -t ort-cpu --threads 2")
+    cal.add_argument("-t", "--target", default="ort-cpu", help="target to calibrate (default ort-cpu)")
+    cal.add_argument("--threads", type=int, help="intra-op threads (default: the target's, all cores)")
+    cal.add_argument("--min-time", type=float, default=0.2, metavar="S",
+                     help="seconds each micro-benchmark is timed per round (default 0.2)")
+    cal.add_argument("--rounds", type=int, default=2,
+                     help="interleaved timing rounds; the least disturbed counts (default 2)")
+    cal.add_argument("--json", action="store_true", help="print the fit record as JSON")
+    cal.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    val = cost_sub.add_parser(
+        "validate", help="predicted vs measured latency on held-out models",
+        description="Compile a held-out suite (MiniLM, tiny BERT, the digits CNN fp32/int8 across "
+        "pipelines and batch 1/8; none used for calibration), measure each, and report Spearman's rank "
+        "correlation, median and 90th-percentile absolute error and the worst offenders.",
+        epilog="example: HF_HUB_OFFLINE=1 greencc cost validate -t ort-cpu --write-benchmarks BENCHMARKS.md")
+    val.add_argument("-t", "--target", default="ort-cpu", help="target to validate (default ort-cpu)")
+    val.add_argument("--threads", type=int, help="intra-op threads (default: the target's, all cores)")
+    val.add_argument("--quick", action="store_true", help="small models only (no MiniLM)")
+    val.add_argument("--min-time", type=float, default=1.0, metavar="S",
+                     help="seconds each model is timed per round (default 1.0)")
+    val.add_argument("--rounds", type=int, default=2,
+                     help="interleaved timing rounds; the least disturbed counts (default 2)")
+    val.add_argument("--write-benchmarks", metavar="PATH",
+                     help="replace the 'Cost model validation (issue 5)' section of this Markdown file")
+    val.add_argument("--json", metavar="PATH", help="write the full results as JSON here")
+    val.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    return parser
+
+
+def _parse_dims(items: Sequence[str]) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for item in items:
+        name, _, raw = item.partition("=")
+        try:
+            dims[name.strip()] = int(raw)
+        except ValueError:
+            raise UsageError(f"bad --dim '{item}'", hint="write it as NAME=SIZE, e.g. --dim seq=128") from None
+        if not name.strip() or dims[name.strip()] <= 0:
+            raise UsageError(f"bad --dim '{item}'", hint="a dim needs a name and a positive size")
+    return dims
+
+
+def _status(message: str, quiet: bool = False):
+    if quiet or not sys.stderr.isatty():
+        return nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(message)
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """``greencc compile``."""
+    from greencc.data import load_npz_samples
+    from greencc.driver import compile as compile_model
+    from greencc.frontend.onnx_file import load
+    from greencc.pipeline.instruments import PrintIRInstrument
+
+    output = os.path.abspath(args.output)
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UsageError(f"output {args.output} exists and is not a directory")
+    if os.path.isdir(output) and os.listdir(output) and not os.path.exists(os.path.join(output, "greencc.json")):
+        raise UsageError(
+            f"output directory {args.output} is not empty and is not a greencc artifact",
+            hint="choose a new or empty directory; greencc replaces only its own artifacts",
+        )
+    with _status("loading model", args.quiet):
+        model = load(args.model)
+    calibration = load_npz_samples(args.calib, model) if args.calib else None
+    instruments = [PrintIRInstrument(args.print_ir_after)] if args.print_ir_after else []
+    with _status("optimizing, verifying and lowering", args.quiet):
+        compiled = compile_model(
+            model,
+            target=args.target,
+            pipeline=args.pipeline or "-O1",
+            calibration=calibration,
+            budget=args.budget,
+            dims=_parse_dims(args.dim),
+            verify=not args.no_verify,
+            threads=args.threads,
+            seed=args.seed,
+            measure=args.measure,
+            grid_intensity=args.grid_intensity,
+            pue=args.pue,
+            instruments=instruments,
+            reproducer_dir=args.repro_dir or os.path.dirname(output),
+            output_dir=output,
+        )
+    report = compiled.report
+    if args.report_json:
+        report.to_json(args.report_json)
+    if not args.quiet:
+        _out(report.to_console())
+        for name in args.explain:
+            misses = [m for m in report.near_misses if m["pass"] == name]
+            _out(f"--explain {name}: {len(misses)} site(s) declined")
+            for miss in misses:
+                _out(f"  {miss['node']}: {miss['reason']}")
+        _out(f"wrote {output} (target {compiled.target}; report.json inside)")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``greencc inspect``."""
+    from greencc.driver import inspect
+
+    with _status("loading and estimating"):
+        info = inspect(args.model, args.target, profile=args.profile, dims=_parse_dims(args.dim), top=args.top)
+    if args.json:
+        _out(json.dumps(info, indent=2, default=str))
+        return 0
+    lines = [
+        f"model    {info['source']}",
+        f"inputs   {', '.join(info['inputs'])}",
+        f"outputs  {', '.join(info['outputs'])}",
+        f"nodes    {info['nodes']}   parameters {info['parameters']:,}   weights {info['weight_bytes'] / 1e6:.2f} MB",
+        "ops      " + ", ".join(f"{op}×{n}" for op, n in info["ops"].items()),
+    ]
+    cost = info.get("cost")
+    if cost:
+        macs = ", ".join(f"{d} {m / 1e9:.4f} G" for d, m in cost["macs_by_dtype"].items()) or "0"
+        lines += [
+            f"dims     {info['dims']}",
+            f"MACs     {macs}",
+            f"estimate {cost['latency_ms']:.3f} ms, {cost['energy_mj']:.3f} mJ/inference on "
+            f"profile {cost['profile']} ({'calibrated' if cost.get('calibrated') else 'uncalibrated: an estimate, not a measurement'})",
+        ]
+        if cost.get("unknown_ops"):
+            lines.append(f"no cost model for: {', '.join(cost['unknown_ops'])} (counted as 0)")
+        lines.append("costliest nodes (energy):")
+        for node in info.get("top_nodes", []):
+            where = f"  [{node['module']}]" if node.get("module") else ""
+            lines.append(f"  {node['energy_mj']:.4f} mJ  {node['macs'] / 1e6:9.2f} MMAC  {node['op_type']:<20} {node['name']}{where}")
+    for part in info.get("partitions", []):
+        lines.append(f"target   {part['target']}: {part['nodes']} nodes {part['reason']}".rstrip())
+    _out("\n".join(lines))
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    """``greencc passes``."""
+    from greencc.pipeline.base import pass_summary, registered_passes
+    from greencc.pipeline.text import PRESETS
+
+    passes = registered_passes()
+    if args.json:
+        _out(json.dumps({
+            name: {
+                "summary": pass_summary(cls), "lossy": cls.lossy,
+                "options": {k: {"type": s.describe_type(), "default": s.default} for k, s in cls.option_specs.items()},
+            } for name, cls in passes.items()
+        }, indent=2, default=str))
+        return 0
+    for name, cls in passes.items():
+        options = ", ".join(f"{k}={s.default}" for k, s in cls.option_specs.items())
+        kind = "lossy" if cls.lossy else "exact"
+        _out(f"{name:<18} {kind:<6} {pass_summary(cls)}" + (f"  {{{options}}}" if options else ""))
+    _out("\npresets: " + "; ".join(f"{k} = {v or '(no passes)'}" for k, v in PRESETS.items()))
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    """``greencc targets``."""
+    from greencc.target import registered_targets
+    from greencc.targets.tags import TAGS
+
+    rows: list[dict[str, Any]] = []
+    for name, cls in registered_targets().items():
+        try:
+            availability = cls().available()
+            ok, reason = availability.ok, availability.reason
+        except Exception as exc:  # a broken plugin must not hide the others
+            ok, reason = False, f"{type(exc).__name__}: {exc}"
+        rows.append({"name": name, "available": ok, "reason": reason,
+                     "description": getattr(cls, "description", "")})
+    if args.json:
+        _out(json.dumps({"targets": rows, "tags": {k: list(v) for k, v in TAGS.items()}}, indent=2))
+        return 0
+    for row in rows:
+        state = "available" if row["available"] else f"unavailable: {row['reason']}"
+        _out(f"{row['name']:<16} {state:<28} {row['description']}")
+    _out("\ntags (target + hardware profile):")
+    for tag, (target, profile) in TAGS.items():
+        _out(f"  {tag:<20} -> {target} with profile {profile}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``greencc bench``."""
+    from greencc.target import CompiledModel
+    from greencc.verify.feeds import random_feeds
+
+    compiled = CompiledModel.load(args.artifact)
+    feeds = random_feeds(compiled.model, seed=args.seed, dims=_parse_dims(args.dim))
+    stats = compiled.benchmark(feeds, warmup=args.warmup, repeats=args.repeats)
+    energy = None
+    if args.energy:
+        from greencc.measure.energy import best_meter, measure_energy
+
+        arrays = compiled.check_feeds(feeds)
+        device = "cpu" if "cpu" in compiled.target else "any"
+        energy = measure_energy(lambda: compiled.run(arrays), meter=best_meter(device).meter)
+    if args.json:
+        _out(json.dumps({**stats.to_dict(), **({"energy": energy.to_dict()} if energy else {})}, indent=2))
+    else:
+        _out(f"{args.artifact}: median {stats.median_ms:.3f} ms (p10 {stats.p10_ms:.3f}, p90 {stats.p90_ms:.3f}; "
+             f"{stats.repeats} runs after {stats.warmup} warm-up, {stats.threads} threads)")
+        if energy is not None:
+            _out(f"energy: {energy}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``greencc report``."""
+    from greencc.report.ledger import Report
+
+    _out(Report.from_json(args.report).to_console())
+    return 0
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    """``greencc repro``."""
+    from greencc.pipeline.repro import replay
+
+    model = replay(args.directory)
+    _out(f"the pipeline ran without failing ({len(model.graph)} nodes): the bug no longer reproduces")
+    return 0
+
+
+def _progress(quiet: bool):
+    """A rich progress bar on stderr (a no-op when quiet or not a terminal) and its callback."""
+    if quiet or not sys.stderr.isatty():
+        return nullcontext(), None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    task = bar.add_task("starting", total=None)
+
+    def update(name: str, done: int, total: int) -> None:
+        bar.update(task, description=name[:34], completed=done, total=total)
+
+    return bar, update
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    """``greencc cost calibrate`` and ``greencc cost validate``."""
+    if args.cost_command == "calibrate":
+        return _cost_calibrate(args)
+    if args.cost_command == "validate":
+        return _cost_validate(args)
+    raise UsageError("greencc cost needs an action", hint="greencc cost calibrate | greencc cost validate")
+
+
+def _cost_calibrate(args: argparse.Namespace) -> int:
+    from greencc.cost.calibrate import calibrate
+
+    if args.min_time is not None and args.min_time <= 0:
+        raise UsageError(f"--min-time {args.min_time} must be positive")
+    bar, update = _progress(args.quiet)
+    with bar:
+        calibration = calibrate(args.target, threads=args.threads, min_time_s=args.min_time,
+                                rounds=args.rounds, progress=update)
+    path = calibration.save()
+    if args.json:
+        _out(json.dumps({k: v for k, v in calibration.record().items()}, indent=2, default=str))
+        return 0
+    if args.quiet:
+        return 0
+    fit = calibration.fit
+    kernel = fit["kernel_model"]
+    peaks = ", ".join(f"{d} {v / 1e9:.1f} GMAC/s" for d, v in kernel["peak_macs_per_s"].items())
+    levels = ", ".join(f"{lv.name} {lv.bandwidth_bytes_per_s / 1e9:.1f} GB/s"
+                       for lv in calibration.profile.memory_levels)
+    lines = [
+        f"calibrated {calibration.target} with {calibration.threads} thread(s) on {calibration.machine['cpu']}: "
+        f"{len(fit['benchmarks'])} micro-benchmarks",
+        f"  throughput (MatMul): {peaks}",
+        f"  bandwidth: {levels}",
+        f"  overhead: {kernel['run_overhead_s'] * 1e6:.2f} us per inference, "
+        f"{kernel['op_overhead_s'] * 1e6:.2f} us per kernel, {kernel['light_overhead_s'] * 1e6:.2f} us per view",
+        f"  fit error: median {fit['median_abs_pct']:.1f}%, p90 {fit['p90_abs_pct']:.1f}%, max {fit['max_abs_pct']:.1f}%; "
+        f"spread between the {fit.get('rounds', 1)} timing rounds: median {fit.get('round_spread_pct', 0):.1f}%",
+    ]
+    worst = sorted(fit["benchmarks"], key=lambda b: abs(b["error_pct"]), reverse=True)[:3]
+    lines.append("  worst fits: " + ", ".join(f"{b['name']} ({b['error_pct']:+.0f}%)" for b in worst))
+    load = fit.get("background_load", {})
+    if load.get("noisy"):
+        lines.append(f"  WARNING: other processes used {load['other_cores']:.2f} cores (steal "
+                     f"{load['steal_cores']:.2f}) while it ran: timings are unreliable; calibrate again on a quiet machine")
+    lines.append(f"wrote {path} (and its .calibration.json); `-t {calibration.target}` uses it from now on "
+                 f"with {calibration.threads} thread(s)")
+    _out("\n".join(lines))
+    return 0
+
+
+def _cost_validate(args: argparse.Namespace) -> int:
+    from greencc.cost.validate import default_suite, validate, write_section
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    bar, update = _progress(args.quiet)
+    with bar:
+        report = validate(args.target, threads=args.threads, cases=default_suite(quick=args.quick),
+                          min_time_s=args.min_time, rounds=args.rounds, progress=update)
+    threads = f" --threads {args.threads}" if args.threads else ""
+    quick = " --quick" if args.quick else ""
+    report.commands = [f"greencc cost calibrate -t {report.target}{threads}",
+                       f"HF_HUB_OFFLINE=1 greencc cost validate -t {report.target}{threads}{quick}"
+                       + (f" --write-benchmarks {args.write_benchmarks}" if args.write_benchmarks else "")]
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    if args.write_benchmarks:
+        write_section(args.write_benchmarks, report.to_markdown())
+    if not args.quiet:
+        _out(report.to_markdown())
+    return 0
+
+
+COMMANDS = {
+    "compile": cmd_compile, "inspect": cmd_inspect, "passes": cmd_passes, "targets": cmd_targets,
+    "bench": cmd_bench, "report": cmd_report, "repro": cmd_repro, "cost": cmd_cost,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except GreenccError as exc:
+        text = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+        sys.stderr.write(f"greencc: error: {text}\n")
+        if os.environ.get("GREENCC_DEBUG"):
+            raise
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("greencc: interrupted\n")
+        return 130
+    except Exception as exc:  # a bug in greencc, not the user's fault
+        if os.environ.get("GREENCC_DEBUG"):
+            raise
+        sys.stderr.write(
+            f"greencc: internal error: {type(exc).__name__}: {exc}\n"
+            "  this is a bug; re-run with GREENCC_DEBUG=1 for the traceback and report it\n"
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

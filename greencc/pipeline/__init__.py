@@ -1,0 +1,1 @@
+"""Pass infrastructure: the pass contract, textual pipelines, context, instruments, manager."""

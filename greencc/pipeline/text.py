@@ -1,0 +1,191 @@
+"""Textual pipelines that round-trip: ``cleanup,fold-constants{max_size=1048576}``.
+
+Grammar: ``pipeline := item (',' item)*``; ``item := name ['{' key=value (',' key=value)* '}']``.
+A value containing ``,{}=`` or spaces is written in double quotes. ``steps=N`` on any item
+repeats that pass up to N times, stopping early once it changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from greencc.errors import UsageError
+from greencc.pipeline.base import MANAGER_OPTIONS, Pass, get_pass_class
+
+PRESETS: dict[str, str] = {
+    "-O0": "",
+    "-O1": "cleanup",
+    "-O2": "cleanup,fuse,dce",
+}
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """One pipeline item: a pass name and the options written for it (as text)."""
+
+    name: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def steps(self) -> int:
+        """How many times the manager may repeat this pass (``steps=N``, default 1)."""
+        raw = dict(self.options).get("steps", "1")
+        try:
+            steps = int(raw)
+        except ValueError:
+            steps = 0
+        if steps < 1:
+            raise UsageError(f"pass '{self.name}': steps={raw} must be a positive integer")
+        return steps
+
+    def instantiate(self) -> Pass:
+        """Build the registered pass with these options (``UsageError`` if invalid)."""
+        cls = get_pass_class(self.name)
+        options = {k: v for k, v in self.options if k not in MANAGER_OPTIONS}
+        return cls(**options)
+
+    def __str__(self) -> str:
+        if not self.options:
+            return self.name
+        return f"{self.name}{{{','.join(f'{k}={_quote(v)}' for k, v in self.options)}}}"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """An ordered list of pass specs; ``str(Pipeline.parse(t))`` re-parses to the same."""
+
+    items: tuple[PassSpec, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def parse(cls, text: str) -> Pipeline:
+        """Parse pipeline text or a preset name (``-O0``, ``-O1``); ``UsageError`` if bad."""
+        stripped = text.strip()
+        if stripped in PRESETS:
+            stripped = PRESETS[stripped]
+        elif stripped.startswith("O") and "-" + stripped in PRESETS:
+            stripped = PRESETS["-" + stripped]
+        return cls(tuple(_Parser(stripped, original=text).items()))
+
+    @classmethod
+    def of(cls, value: str | Pipeline | list[Any]) -> Pipeline:
+        """Accept pipeline text, a Pipeline, or a list of names / Pass instances."""
+        if isinstance(value, Pipeline):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        items = []
+        for entry in value:
+            if isinstance(entry, Pass):
+                items.append(PassSpec(entry.name, tuple((k, str(v)) for k, v in entry._explicit.items())))
+            else:
+                items.extend(cls.parse(str(entry)).items)
+        return cls(tuple(items))
+
+    def __str__(self) -> str:
+        return ",".join(str(item) for item in self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+def _quote(value: str) -> str:
+    if value == "" or any(ch in value for ch in ',{}="\\ '):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
+
+
+class _Parser:
+    def __init__(self, text: str, original: str) -> None:
+        self.text = text
+        self.original = original
+        self.pos = 0
+
+    def fail(self, what: str) -> UsageError:
+        pointer = " " * self.pos + "^"
+        return UsageError(
+            f"bad pipeline text: {what} at column {self.pos + 1}\n  {self.text}\n  {pointer}",
+            hint="write it as name{key=value,...},name2 — e.g. cleanup,fold-constants{max_size=1024}",
+        )
+
+    def items(self) -> list[PassSpec]:
+        result: list[PassSpec] = []
+        self.skip_space()
+        if self.pos == len(self.text):
+            return result
+        while True:
+            result.append(self.item())
+            self.skip_space()
+            if self.pos == len(self.text):
+                return result
+            if self.text[self.pos] != ",":
+                raise self.fail("expected ',' between passes")
+            self.pos += 1
+            self.skip_space()
+
+    def item(self) -> PassSpec:
+        name = self.word()
+        if not name:
+            raise self.fail("expected a pass name")
+        self.skip_space()
+        options: list[tuple[str, str]] = []
+        if self.pos < len(self.text) and self.text[self.pos] == "{":
+            self.pos += 1
+            self.skip_space()
+            while self.pos < len(self.text) and self.text[self.pos] != "}":
+                key = self.word()
+                if not key:
+                    raise self.fail("expected an option name")
+                self.skip_space()
+                if self.pos >= len(self.text) or self.text[self.pos] != "=":
+                    raise self.fail(f"expected '=' after option '{key}'")
+                self.pos += 1
+                self.skip_space()
+                value = self.value()
+                if any(k == key for k, _ in options):
+                    raise self.fail(f"option '{key}' given twice")
+                options.append((key, value))
+                self.skip_space()
+                if self.pos < len(self.text) and self.text[self.pos] == ",":
+                    self.pos += 1
+                    self.skip_space()
+                elif self.pos < len(self.text) and self.text[self.pos] != "}":
+                    raise self.fail("expected ',' or '}'")
+            if self.pos >= len(self.text):
+                raise self.fail("missing '}'")
+            self.pos += 1
+        return PassSpec(name, tuple(options))
+
+    def word(self) -> str:
+        start = self.pos
+        while self.pos < len(self.text) and (self.text[self.pos].isalnum() or self.text[self.pos] in "-_."):
+            self.pos += 1
+        return self.text[start : self.pos]
+
+    def value(self) -> str:
+        if self.pos < len(self.text) and self.text[self.pos] == '"':
+            self.pos += 1
+            chars = []
+            while self.pos < len(self.text) and self.text[self.pos] != '"':
+                if self.text[self.pos] == "\\" and self.pos + 1 < len(self.text):
+                    self.pos += 1
+                chars.append(self.text[self.pos])
+                self.pos += 1
+            if self.pos >= len(self.text):
+                raise self.fail("unterminated quoted value")
+            self.pos += 1
+            return "".join(chars)
+        start = self.pos
+        while self.pos < len(self.text) and self.text[self.pos] not in ",}":
+            self.pos += 1
+        value = self.text[start : self.pos].strip()
+        if not value:
+            raise self.fail("expected a value")
+        return value
+
+    def skip_space(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1

@@ -1,0 +1,1 @@
+"""Reports: the per-pass ledger (JSON, versioned schema) and its console rendering."""

@@ -1,0 +1,102 @@
+"""Console rendering of a report: the per-pass ledger as a table, then the summary."""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from greencc.report.ledger import Report
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _signed(value: float | None, fmt: str) -> str:
+    if value is None:
+        return ""
+    if abs(value) < 1e-12:
+        return "0"
+    return format(value, "+" + fmt)
+
+
+def _energy_line(figure: dict) -> str:
+    before, after = figure["original_mj"], figure["final_mj"]
+    ratio = f" ({figure['ratio']:.2f}×)" if figure.get("ratio") is not None else ""
+    carbon = (f"{_num(figure['original_g_per_1k'], '.4g')} -> {_num(figure['final_g_per_1k'], '.4g')} "
+              "gCO2e per 1k inferences")
+    label = figure["label"]
+    if not label.startswith(figure["kind"]):
+        label = f"{figure['kind']}: {label}"
+    window = ""
+    if figure.get("window_s"):
+        windows = [w for w in figure["window_s"] if w is not None]
+        idle = [p for p in figure.get("idle_power_w", []) if p is not None]
+        if windows:
+            window = f"; windows {', '.join(f'{w:.1f}' for w in windows)} s"
+        if idle:
+            window += f", idle {', '.join(f'{p:.2f}' for p in idle)} W"
+    return (f"{_num(before, '.3f')} -> {_num(after, '.3f')} mJ{ratio}; {carbon} "
+            f"[{label}{window}]")
+
+
+def render_report(report: Report, width: int = 140) -> str:
+    """Plain text (no colour codes) of the ledger table and summary lines."""
+    table = Table(title=f"greencc ledger — target {report.target or '-'}, "
+                  f"profile {report.profile['name'] if report.profile else '-'}, "
+                  f"{'dims ' + str(report.dims) if report.dims else 'static shapes'}")
+    for column, justify in [
+        ("pass", "left"), ("nodes", "right"), ("params", "right"), ("MB", "right"),
+        ("GMAC", "right"), ("est ms", "right"), ("Δ ms", "right"), ("est mJ", "right"),
+        ("Δ mJ", "right"), ("fidelity", "left"), ("wall ms", "right"), ("notes", "left"),
+    ]:
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in report.rows:
+        fidelity = ""
+        if row.fidelity:
+            fidelity = f"cos {row.fidelity['cosine_min']:.6f} |Δ| {row.fidelity['max_abs_error']:.2g}"
+        notes = ", ".join(f"{k}={v}" for k, v in row.stats.items() if v)
+        if row.rolled_back:
+            notes = f"ROLLED BACK: {row.rolled_back}"
+        elif not row.modified and row.name != "(input)":
+            notes = notes or "no change"
+        table.add_row(
+            row.name, str(row.nodes), f"{row.parameters:,}", f"{row.model_bytes / 1e6:.2f}",
+            f"{row.total_macs / 1e9:.4f}", _num(row.est_latency_ms, ".3f"),
+            _signed(row.delta_latency_ms, ".3f"), _num(row.est_energy_mj, ".3f"),
+            _signed(row.delta_energy_mj, ".3f"), fidelity, f"{row.wall_ms:.1f}", notes,
+        )
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
+    console.print(table)
+    summary = report.summary()
+    if summary:
+        nodes = summary["nodes"]
+        energy = summary["est_energy_mj"]
+        line = f"nodes {nodes[0]} -> {nodes[1]}"
+        if energy[0] is not None:
+            line += f"; est. energy {energy[0]:.3f} -> {energy[1]:.3f} mJ/inference"
+        console.print(line)
+    # Labels hold brackets ("[rapl: ...]"): print them as plain text, not rich markup.
+    console.print(f"energy figures: {report.energy_method}", markup=False)
+    if report.measured:
+        m = report.measured
+        line = (
+            f"measured on this machine: median {m['median_ms']:.3f} ms "
+            f"(p10 {m['p10_ms']:.3f}, p90 {m['p90_ms']:.3f}; {m['repeats']} runs, {m['threads']} threads)"
+        )
+        base = (report.baseline_measured or {}).get("latency")
+        if base:
+            line += f"; original model {base['median_ms']:.3f} ms"
+        console.print(line)
+    figures = report.energy_figures()
+    if figures:
+        console.print(f"energy and carbon per inference, original -> final; {report.factors().describe()}:",
+                      markup=False)
+        for figure in figures:
+            console.print("  " + _energy_line(figure), markup=False)
+    return buffer.getvalue()

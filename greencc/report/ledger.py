@@ -1,0 +1,315 @@
+"""The per-pass ledger: one row per pass with size, work, estimated latency and energy, the
+delta the pass made, fidelity and wall time. ``LedgerInstrument`` writes the rows;
+``Report`` carries them as versioned JSON and renders a console table.
+
+Every energy figure carries its method: the rows' estimates name the cost model and
+profile (``energy_method``), measured figures their meter (``measured_energy``,
+``baseline_measured``), and each carbon figure the energy it was computed from.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from greencc.errors import UsageError
+from greencc.pipeline.instruments import Instrument, PassRecord
+
+if TYPE_CHECKING:
+    from greencc.cost.estimate import CostEstimate
+    from greencc.model import Model
+    from greencc.pipeline.base import Pass
+    from greencc.pipeline.context import PassContext
+
+SCHEMA = "greencc.report/1"
+
+
+@dataclass
+class PassRow:
+    """One ledger row. Units: ms, mJ per inference, bytes, MACs."""
+
+    name: str
+    modified: bool
+    wall_ms: float
+    nodes: int
+    parameters: int
+    model_bytes: int
+    macs_by_dtype: dict[str, int]
+    est_latency_ms: float | None
+    est_energy_mj: float | None
+    delta_latency_ms: float | None = None
+    delta_energy_mj: float | None = None
+    fidelity: dict[str, Any] | None = None
+    stats: dict[str, int | float] = field(default_factory=dict)
+    rolled_back: str | None = None
+    # The label of est_latency_ms / est_energy_mj: "estimate: model:cost(<profile>, ...)".
+    energy_method: str | None = None
+
+    @property
+    def total_macs(self) -> int:
+        """All MACs of the model after this pass, any dtype."""
+        return sum(self.macs_by_dtype.values())
+
+
+@dataclass
+class Report:
+    """A compile's ledger and summary; JSON schema ``greencc.report/1``.
+
+    ``energy_method`` labels the rows' estimates. With measurement: ``measured`` holds the
+    compiled model's latency statistics (ms), ``measured_energy`` its energy per inference
+    (an :class:`~greencc.measure.energy.EnergyMeasurement` dict, ``method`` and ``label``
+    included), and ``baseline_measured`` the same two (``latency``, ``energy``) for the
+    original model lowered to the same target without passes. ``carbon_factors`` are the
+    grid intensity (gCO2e/kWh) and PUE that turn every energy figure into gCO2e; see
+    :meth:`energy_figures`.
+    """
+
+    model: dict[str, Any]
+    target: str | None
+    profile: dict[str, Any] | None
+    dims: dict[str, int]
+    pipeline: str
+    rows: list[PassRow] = field(default_factory=list)
+    energy_method: str = "estimate"
+    measured: dict[str, Any] | None = None
+    measured_energy: dict[str, Any] | None = None
+    baseline_measured: dict[str, Any] | None = None
+    carbon_factors: dict[str, Any] | None = None
+    near_misses: list[dict[str, str]] = field(default_factory=list)
+    greencc_version: str = ""
+    created: str = ""
+    schema: str = SCHEMA
+
+    # -- summary -------------------------------------------------------------------------
+    @property
+    def baseline(self) -> PassRow | None:
+        """The row of the input model (before any pass)."""
+        return self.rows[0] if self.rows else None
+
+    @property
+    def final(self) -> PassRow | None:
+        """The row of the model after the last pass."""
+        return self.rows[-1] if self.rows else None
+
+    def summary(self) -> dict[str, Any]:
+        """Before/after totals: nodes, MACs, bytes, estimated ms and mJ, and their ratios."""
+        if not self.rows:
+            return {}
+        first, last = self.rows[0], self.rows[-1]
+
+        def ratio(a: float | None, b: float | None) -> float | None:
+            return None if not a or b is None else b / a
+
+        return {
+            "nodes": [first.nodes, last.nodes],
+            "macs": [first.total_macs, last.total_macs],
+            "model_bytes": [first.model_bytes, last.model_bytes],
+            "est_latency_ms": [first.est_latency_ms, last.est_latency_ms],
+            "est_energy_mj": [first.est_energy_mj, last.est_energy_mj],
+            "est_energy_ratio": ratio(first.est_energy_mj, last.est_energy_mj),
+            "energy_method": self.energy_method,
+            "energy": self.energy_figures(),
+        }
+
+    def factors(self) -> Any:
+        """The :class:`~greencc.measure.carbon.CarbonFactors` of this report (defaults if unset)."""
+        from greencc.measure.carbon import CarbonFactors
+
+        data = self.carbon_factors or {}
+        return CarbonFactors(**data) if data else CarbonFactors()
+
+    def energy_figures(self) -> list[dict[str, Any]]:
+        """Energy per inference of the original and the final model, one entry per method.
+
+        Each entry: ``kind`` (``estimate`` or ``measured``), ``method`` (``model:cost``,
+        ``rapl``, ``nvml``, ``estimate:cpu-time×tdp``), ``label`` (method and source in
+        words), ``original_mj`` / ``final_mj`` (mJ per inference; ``None`` when not known),
+        ``ratio`` (final / original) and ``original_g_per_1k`` / ``final_g_per_1k`` (gCO2e
+        per 1,000 inferences at :meth:`factors`).
+        """
+        factors = self.factors()
+        figures: list[dict[str, Any]] = []
+
+        def add(kind: str, method: str, label: str, before: float | None, after: float | None,
+                extra: dict[str, Any] | None = None) -> None:
+            def grams(mj: float | None) -> float | None:
+                return None if mj is None else factors.grams(mj * 1e-3) * 1000
+
+            figures.append({
+                "kind": kind, "method": method, "label": label,
+                "original_mj": before, "final_mj": after,
+                "ratio": after / before if before and after is not None else None,
+                "original_g_per_1k": grams(before), "final_g_per_1k": grams(after),
+                **(extra or {}),
+            })
+
+        if self.rows and self.rows[-1].est_energy_mj is not None:
+            profile = self.profile["name"] if self.profile else "?"
+            add("estimate", "model:cost", self.energy_method or f"estimate: model:cost({profile})",
+                self.rows[0].est_energy_mj, self.rows[-1].est_energy_mj,
+                {"profile": profile})
+        final = self.measured_energy
+        baseline = (self.baseline_measured or {}).get("energy")
+        if final or baseline:
+            source = final or baseline or {}
+            kind = "measured" if source.get("measured") else "estimate"
+            add(kind, source.get("method", "?"), source.get("label", "?"),
+                baseline.get("mj_per_inference") if baseline else None,
+                final.get("mj_per_inference") if final else None,
+                {"window_s": [baseline.get("window_s") if baseline else None,
+                              final.get("window_s") if final else None],
+                 "idle_power_w": [baseline.get("idle_power_w") if baseline else None,
+                                  final.get("idle_power_w") if final else None]})
+        return figures
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict with ``schema`` first."""
+        data = asdict(self)
+        data = {"schema": data.pop("schema"), **data, "summary": self.summary()}
+        return data
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """The report as JSON text; also written atomically to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2, default=_json_default)
+        if path is not None:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".report-", dir=path.parent)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            os.replace(tmp, path)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """Rebuild a report from :meth:`to_dict` output; ``UsageError`` on another schema."""
+        if data.get("schema") != SCHEMA:
+            raise UsageError(
+                f"not a greencc report (schema {data.get('schema')!r}, expected {SCHEMA!r})"
+            )
+        fields = {k: v for k, v in data.items() if k not in ("summary", "rows")}
+        rows = [PassRow(**row) for row in data.get("rows", [])]
+        return cls(rows=rows, **fields)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> Report:
+        """Read a report written by :meth:`to_json`."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError(f"cannot read report {path}: {exc}") from None
+        return cls.from_dict(data)
+
+    def to_console(self, width: int = 140) -> str:
+        """The ledger as a plain-text table (what ``greencc compile`` prints)."""
+        from greencc.report.console import render_report
+
+        return render_report(self, width=width)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class LedgerInstrument(Instrument):
+    """Writes a :class:`PassRow` for the input model and after every pass into ``report``.
+
+    The cost estimate is recomputed only when a pass modified the model.
+    """
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self._last_cost: CostEstimate | None = None
+
+    def enter_pipeline(self, model: Model, ctx: PassContext) -> None:
+        self._last_cost = self._estimate(model, ctx)
+        self.report.rows.append(self._row("(input)", model, PassRecord("(input)", False), ctx))
+
+    def after_pass(self, pass_: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:
+        previous = self._last_cost
+        if record.modified and not record.rolled_back:
+            self._last_cost = self._estimate(model, ctx)
+        row = self._row(record.name, model, record, ctx)
+        if previous is not None and self._last_cost is not None:
+            row.delta_latency_ms = self._last_cost.latency_ms - previous.latency_ms
+            row.delta_energy_mj = self._last_cost.energy_mj - previous.energy_mj
+        self.report.rows.append(row)
+
+    def exit_pipeline(self, model: Model, ctx: PassContext) -> None:
+        self.report.near_misses = [
+            {"pass": m.pass_name, "node": m.node, "reason": m.reason} for m in ctx.near_misses
+        ]
+
+    def _estimate(self, model: Model, ctx: PassContext) -> CostEstimate | None:
+        if ctx.profile is None:
+            return None
+        from greencc.cost.estimate import estimate_cost
+
+        return estimate_cost(model, ctx.profile, dims=ctx.dims)
+
+    def _row(self, name: str, model: Model, record: PassRecord, ctx: PassContext) -> PassRow:
+        cost = self._last_cost
+        fidelity = record.fidelity.to_dict() if record.fidelity is not None else None
+        return PassRow(
+            name=name,
+            modified=record.modified,
+            wall_ms=round(record.wall_ms, 3),
+            nodes=len(model.graph),
+            parameters=model.parameter_count(),
+            model_bytes=model.weights_nbytes(),
+            macs_by_dtype=dict(cost.macs_by_dtype) if cost else {},
+            est_latency_ms=cost.latency_ms if cost else None,
+            est_energy_mj=cost.energy_mj if cost else None,
+            fidelity=fidelity,
+            stats=dict(record.stats),
+            rolled_back=record.rolled_back,
+            energy_method=self.report.energy_method if cost else None,
+        )
+
+
+def new_report(model: Model, ctx: PassContext, pipeline: str) -> Report:
+    """An empty report describing ``model``, the context's target/profile and ``pipeline``."""
+    from greencc import __version__
+
+    profile = ctx.profile
+    profile_info = None
+    method = "none (no hardware profile)"
+    if profile is not None:
+        profile_info = {
+            "name": profile.name,
+            "calibrated": bool(getattr(profile, "calibrated", False)),
+            "note": getattr(profile, "calibration_note", ""),
+        }
+        state = "uncalibrated roofline"
+        if profile_info["calibrated"]:
+            from greencc.cost.calibrate import ENERGY_UNCALIBRATED_MARK
+
+            state = "calibrated roofline"
+            if ENERGY_UNCALIBRATED_MARK in profile_info["note"]:
+                state = "latency calibrated on this machine, energy terms uncalibrated"
+        method = f"estimate: model:cost({profile.name}, {state})"
+    return Report(
+        model={
+            "source": model.provenance.source,
+            "exporter": model.provenance.exporter,
+            "inputs": [str(s) for s in model.inputs],
+            "outputs": [str(s) for s in model.outputs],
+        },
+        target=ctx.target.name if ctx.target is not None else None,
+        profile=profile_info,
+        dims=dict(ctx.dims),
+        pipeline=pipeline,
+        energy_method=method,
+        greencc_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )

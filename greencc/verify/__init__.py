@@ -1,0 +1,1 @@
+"""Verification: reference runs, equivalence and fidelity checks, divergence bisection."""

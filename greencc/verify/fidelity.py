@@ -1,0 +1,195 @@
+"""Fidelity metrics of a rewritten model against the reference: cosine similarity, max
+absolute and relative error, task accuracy with labels; the budget lossy passes must keep;
+and the tolerance exact passes must meet (by dtype).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from greencc.errors import UsageError
+
+# Exact passes may only reorder float arithmetic: |got - ref| <= atol + rtol * max|ref|.
+EXACT_TOLERANCE: dict[str, tuple[float, float]] = {
+    "float64": (1e-9, 1e-7),
+    "float32": (1e-5, 1e-4),
+    "float16": (1e-3, 1e-2),
+    "bfloat16": (1e-2, 2e-2),
+}
+
+
+@dataclass
+class Fidelity:
+    """How close outputs are to the reference over ``samples`` feed dicts.
+
+    ``cosine_mean``/``cosine_min``: cosine similarity of each sample's flattened float
+    outputs; ``max_abs_error``; ``max_rel_error`` (relative to the largest |reference|);
+    ``accuracy``/``reference_accuracy`` when labels are given (fraction 0..1).
+    """
+
+    cosine_mean: float
+    cosine_min: float
+    max_abs_error: float
+    max_rel_error: float
+    samples: int
+    accuracy: float | None = None
+    reference_accuracy: float | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FidelityBudget:
+    """What a lossy pipeline may lose: ``cos=0.99`` (min cosine), ``abs=1e-3`` (max abs
+    error), ``acc=0.01`` (max accuracy drop, absolute fraction)."""
+
+    min_cosine: float | None = None
+    max_abs_error: float | None = None
+    max_accuracy_drop: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> FidelityBudget:
+        """Parse ``"cos=0.99,abs=1e-3,acc=0.01"`` (any subset); ``UsageError`` if bad."""
+        fields = {"cos": "min_cosine", "abs": "max_abs_error", "acc": "max_accuracy_drop"}
+        values: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, _, raw = part.partition("=")
+            if key.strip() not in fields or not raw:
+                raise UsageError(
+                    f"bad fidelity budget '{text}'", hint="write it as cos=0.99,abs=1e-3,acc=0.01"
+                )
+            try:
+                values[fields[key.strip()]] = float(raw)
+            except ValueError:
+                raise UsageError(f"bad number '{raw}' in fidelity budget '{text}'") from None
+        return cls(**values)
+
+    def check(self, fidelity: Fidelity) -> str | None:
+        """``None`` when ``fidelity`` is within budget, else the reason it is not."""
+        if self.min_cosine is not None and fidelity.cosine_min < self.min_cosine:
+            return f"min cosine {fidelity.cosine_min:.5f} < budget {self.min_cosine}"
+        if self.max_abs_error is not None and fidelity.max_abs_error > self.max_abs_error:
+            return f"max abs error {fidelity.max_abs_error:.3g} > budget {self.max_abs_error}"
+        if (
+            self.max_accuracy_drop is not None
+            and fidelity.accuracy is not None
+            and fidelity.reference_accuracy is not None
+            and fidelity.reference_accuracy - fidelity.accuracy > self.max_accuracy_drop
+        ):
+            return (
+                f"accuracy {fidelity.accuracy:.4f} dropped more than {self.max_accuracy_drop} "
+                f"from {fidelity.reference_accuracy:.4f}"
+            )
+        return None
+
+    def __str__(self) -> str:
+        parts = []
+        if self.min_cosine is not None:
+            parts.append(f"cos={self.min_cosine}")
+        if self.max_abs_error is not None:
+            parts.append(f"abs={self.max_abs_error}")
+        if self.max_accuracy_drop is not None:
+            parts.append(f"acc={self.max_accuracy_drop}")
+        return ",".join(parts)
+
+
+def measure_fidelity(
+    reference: Sequence[Sequence[np.ndarray]],
+    candidate: Sequence[Sequence[np.ndarray]],
+    labels: Sequence[np.ndarray] | None = None,
+) -> Fidelity:
+    """Compare per-sample output lists of a candidate against the reference."""
+    cosines: list[float] = []
+    max_abs = 0.0
+    max_rel = 0.0
+    for ref_outputs, got_outputs in zip(reference, candidate, strict=True):
+        ref_flat, got_flat = [], []
+        for ref, got in zip(ref_outputs, got_outputs, strict=True):
+            ref = np.asarray(ref)
+            got = np.asarray(got)
+            if ref.shape != got.shape:
+                return Fidelity(-1.0, -1.0, float("inf"), float("inf"), len(reference))
+            if ref.dtype.kind not in "fc":
+                if not np.array_equal(ref, got):
+                    max_abs = float("inf")
+                continue
+            diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+            if diff.size:
+                worst = float(np.nanmax(diff)) if not np.isnan(diff).all() else float("inf")
+                if np.isnan(diff).any() and not np.array_equal(np.isnan(ref), np.isnan(got)):
+                    worst = float("inf")
+                scale = float(np.nanmax(np.abs(ref))) if ref.size else 0.0
+                max_abs = max(max_abs, worst)
+                max_rel = max(max_rel, worst / scale if scale > 0 else worst)
+            ref_flat.append(np.nan_to_num(ref.astype(np.float64)).ravel())
+            got_flat.append(np.nan_to_num(got.astype(np.float64)).ravel())
+        if ref_flat:
+            cosines.append(_cosine(np.concatenate(ref_flat), np.concatenate(got_flat)))
+    accuracy = reference_accuracy = None
+    if labels is not None:
+        accuracy = _accuracy([outs[0] for outs in candidate], labels)
+        reference_accuracy = _accuracy([outs[0] for outs in reference], labels)
+    return Fidelity(
+        cosine_mean=float(np.mean(cosines)) if cosines else 1.0,
+        cosine_min=float(np.min(cosines)) if cosines else 1.0,
+        max_abs_error=max_abs,
+        max_rel_error=max_rel,
+        samples=len(reference),
+        accuracy=accuracy,
+        reference_accuracy=reference_accuracy,
+    )
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 and nb == 0:
+        return 1.0
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def _accuracy(logits: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> float:
+    correct = total = 0
+    for out, lab in zip(logits, labels, strict=True):
+        pred = np.asarray(out).argmax(axis=-1).ravel()
+        lab = np.asarray(lab).ravel()
+        correct += int((pred == lab).sum())
+        total += lab.size
+    return correct / total if total else 0.0
+
+
+def exact_violation(
+    reference: Sequence[Sequence[np.ndarray]], candidate: Sequence[Sequence[np.ndarray]]
+) -> str | None:
+    """``None`` when every output matches within its dtype's exact tolerance, else why."""
+    for sample, (ref_outputs, got_outputs) in enumerate(zip(reference, candidate, strict=True)):
+        for index, (ref, got) in enumerate(zip(ref_outputs, got_outputs, strict=True)):
+            ref, got = np.asarray(ref), np.asarray(got)
+            if ref.shape != got.shape or ref.dtype != got.dtype:
+                return (
+                    f"output {index} changed from {ref.dtype}{list(ref.shape)} "
+                    f"to {got.dtype}{list(got.shape)}"
+                )
+            tolerance = EXACT_TOLERANCE.get(ref.dtype.name)
+            if tolerance is None:
+                if not np.array_equal(ref, got):
+                    return f"output {index} ({ref.dtype}) differs on sample {sample}"
+                continue
+            atol, rtol = tolerance
+            if not np.array_equal(np.isnan(ref), np.isnan(got)):
+                return f"output {index} has NaNs where the reference has none (sample {sample})"
+            diff = np.nan_to_num(np.abs(got.astype(np.float64) - ref.astype(np.float64)))
+            scale = float(np.nanmax(np.abs(ref))) if ref.size else 0.0
+            allowed = atol + rtol * scale
+            if diff.size and float(diff.max()) > allowed:
+                return (
+                    f"output {index} differs by {float(diff.max()):.3g} (allowed {allowed:.3g} "
+                    f"for {ref.dtype}) on sample {sample}"
+                )
+    return None

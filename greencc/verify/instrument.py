@@ -1,0 +1,95 @@
+"""The verification instrument: after every modifying pass, run the model on the sample
+inputs and compare with the reference outputs of the original model.
+
+Exact passes must match within dtype tolerance (else ``VerificationError`` naming the
+first divergent node); lossy passes get a fidelity score and are rolled back with a
+warning when they break the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from greencc.errors import VerificationError
+from greencc.pipeline.instruments import Instrument, PassRecord
+from greencc.verify.bisect import first_divergent_node
+from greencc.verify.feeds import random_feeds
+from greencc.verify.fidelity import exact_violation, measure_fidelity
+from greencc.verify.session import reference_runner
+
+if TYPE_CHECKING:
+    from greencc.model import Model
+    from greencc.pipeline.base import Pass
+    from greencc.pipeline.context import PassContext
+
+log = logging.getLogger(__name__)
+
+
+class VerifyInstrument(Instrument):
+    """Verifies numerics after each modifying pass against ONNX Runtime's run of the input.
+
+    Samples come from ``ctx.calibration`` (a list of feed dicts) when given, else
+    ``ctx.verification_samples`` random feed dicts drawn with ``ctx.seed`` and ``ctx.dims``.
+    """
+
+    def __init__(self, labels: list[np.ndarray] | None = None) -> None:
+        self.labels = labels
+        self.samples: list[dict[str, np.ndarray]] = []
+        self.reference: list[list[np.ndarray]] = []
+        self.original: Model | None = None
+        self.last_fidelity = None
+
+    def enter_pipeline(self, model: Model, ctx: PassContext) -> None:
+        self.original = model.clone()
+        self.samples = self._samples(model, ctx)
+        run = reference_runner(model)
+        self.reference = [run(feeds) for feeds in self.samples]
+
+    def _samples(self, model: Model, ctx: PassContext) -> list[dict[str, np.ndarray]]:
+        calibration = ctx.calibration
+        if calibration is not None:
+            samples = [model.check_feeds(feeds) for feeds in list(calibration)[: max(1, ctx.verification_samples)]]
+            if samples:
+                return samples
+        return [
+            random_feeds(model, seed=ctx.seed + i, dims=ctx.dims)
+            for i in range(max(1, ctx.verification_samples))
+        ]
+
+    def after_pass(self, pass_: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:
+        if not ctx.verify or not record.modified:
+            record.fidelity = self.last_fidelity
+            return
+        run = reference_runner(model)
+        outputs = [run(feeds) for feeds in self.samples]
+        fidelity = measure_fidelity(self.reference, outputs, self.labels)
+        record.fidelity = fidelity
+        if not pass_.lossy:
+            violation = exact_violation(self.reference, outputs)
+            if violation is not None:
+                node = None
+                if self.original is not None:
+                    try:
+                        node = first_divergent_node(self.original, model, self.samples[0])
+                    except Exception as exc:  # bisection is best effort; the error still stands
+                        log.info("bisection failed: %s", exc)
+                error = VerificationError(
+                    f"exact pass '{pass_}' changed the model's outputs: {violation}",
+                    hint="this is a bug in the pass; the reproducer replays it",
+                )
+                error.node = node  # type: ignore[attr-defined]
+                raise error
+        elif ctx.budget is not None:
+            reason = ctx.budget.check(fidelity)
+            if reason is not None:
+                record.rolled_back = reason
+                warnings.warn(
+                    f"greencc: rolled back lossy pass '{pass_}': {reason} (budget {ctx.budget})",
+                    stacklevel=2,
+                )
+                return
+        self.last_fidelity = fidelity

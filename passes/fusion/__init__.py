@@ -1,0 +1,18 @@
+"""Fusion passes: CNN folds (BatchNorm, bias, scale, pad into Conv; MatMul+Add -> Gemm;
+Conv/Gemm + activation) and transformer fusions (LayerNorm, GELU, bias+GELU, skip+LayerNorm,
+embedding+LayerNorm, attention), each target-aware and saying why when it declines.
+
+Importing this package registers every fusion pass, the ``attention-heads`` analysis and
+the ``fuse`` group.
+"""
+
+from . import (  # noqa: F401
+    activation,
+    attention,
+    attention_heads,
+    conv_folding,
+    gelu,
+    gemm,
+    group,
+    layernorm,
+)

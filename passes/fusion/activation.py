@@ -1,0 +1,133 @@
+"""Conv / Gemm followed by an activation -> one contrib op that applies it on the way out
+(exact: the same arithmetic, without writing and re-reading the pre-activation tensor).
+
+    fuse-activation  Act(Conv(x, W, b)) -> com.microsoft::FusedConv(x, W, b, activation=Act)
+                     Act(Gemm(a, b, c)) -> com.microsoft::FusedGemm(a, b, c, activation=Act)
+
+Fires only where the target runs the fused op; each fused op takes the activations its
+ONNX Runtime kernel implements (``FUSED_CONV_ACTIVATIONS`` / ``FUSED_GEMM_ACTIVATIONS``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from greencc.passes.cleanup.graph_edits import constant_array
+from greencc.pipeline.base import register_pass
+
+from .fusion_pass import (
+    CONTRIB_DOMAIN,
+    FusionPass,
+    FusionRun,
+    float_attr,
+    label,
+    other_readers,
+    producer,
+)
+
+# ONNX Runtime's contrib kernels (onnxruntime/contrib_ops/cpu/fused_activation.cc and
+# fused_gemm.cc, checked against onnxruntime 1.32): the activations each accepts.
+FUSED_CONV_ACTIVATIONS = frozenset(
+    {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish"}
+)
+FUSED_GEMM_ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid"})
+ACTIVATIONS = FUSED_CONV_ACTIVATIONS | FUSED_GEMM_ACTIVATIONS
+# The Conv/Gemm attributes the fused ops take over unchanged.
+CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+GEMM_ATTRIBUTES = ("alpha", "beta", "transA", "transB")
+
+
+@dataclass
+class ActivationSite:
+    producer: ir.Node
+    activation: ir.Node
+    params: list[float]
+
+
+def _activation_params(node: ir.Node, run: FusionRun) -> list[float] | None:
+    """The activation's parameters in FusedConv's ``activation_params`` order."""
+    op = node.op_type
+    if op == "LeakyRelu":
+        return [float_attr(node, "alpha", 0.01)]
+    if op == "HardSigmoid":
+        return [float_attr(node, "alpha", 0.2), float_attr(node, "beta", 0.5)]
+    if op == "Clip":
+        if run.onnx_opset() < 11:
+            return [float_attr(node, "min", float(np.finfo(np.float32).min)),
+                    float_attr(node, "max", float(np.finfo(np.float32).max))]
+        bounds = []
+        for index, default in ((1, float(np.finfo(np.float32).min)), (2, float(np.finfo(np.float32).max))):
+            value = node.inputs[index] if len(node.inputs) > index else None
+            if value is None:
+                bounds.append(default)
+                continue
+            array = constant_array(value, max_elements=1)
+            if array is None:
+                return None
+            bounds.append(float(np.asarray(array).reshape(-1)[0]))
+        return bounds
+    return []
+
+
+@register_pass("fuse-activation")
+class FuseActivation(FusionPass):
+    """Act(Conv(...)) -> com.microsoft::FusedConv; Act(Gemm(...)) -> com.microsoft::FusedGemm.
+
+    Act is Relu, Clip (constant bounds), LeakyRelu, Sigmoid, Tanh, HardSigmoid or
+    HardSwish, on float32 data; FusedGemm takes no Clip or HardSwish. Declines where the
+    target lacks the fused op, or the pre-activation tensor is read elsewhere.
+    """
+
+    def match(self, node: ir.Node, run: FusionRun) -> ActivationSite | None:
+        if node.op_type not in ACTIVATIONS or node.domain not in ("", "ai.onnx"):
+            return None
+        source = producer(node.inputs[0], "Conv", "Gemm")
+        if source is None:
+            return None
+        fused_op = "FusedConv" if source.op_type == "Conv" else "FusedGemm"
+        supported = FUSED_CONV_ACTIVATIONS if fused_op == "FusedConv" else FUSED_GEMM_ACTIVATIONS
+        if node.op_type not in supported:
+            run.decline(node, f"{CONTRIB_DOMAIN}::{fused_op} has no {node.op_type} activation")
+            return None
+        why = other_readers(source.outputs[0], [node])
+        if why:
+            run.decline(node, f"cannot fuse into {label(source)}: {why}")
+            return None
+        dtype = run.dtype(source.outputs[0]) or run.dtype(source.inputs[0])
+        if dtype != ir.DataType.FLOAT:
+            run.decline(node, f"{fused_op} runs float32 only; the data is {dtype}")
+            return None
+        params = _activation_params(node, run)
+        if params is None:
+            run.decline(node, "the Clip bounds are not constants")
+            return None
+        if not run.supports(node, f"{CONTRIB_DOMAIN}::{fused_op}"):
+            return None
+        return ActivationSite(source, node, params)
+
+    def rewrite(self, site: ActivationSite, run: FusionRun) -> None:
+        source, activation = site.producer, site.activation
+        run.fused_away([source.outputs[0]])
+        attributes: dict[str, Any] = {"activation": activation.op_type}
+        if source.op_type == "Conv":
+            fused_op = "FusedConv"
+            for name in CONV_ATTRIBUTES:
+                if name in source.attributes:
+                    attributes[name] = source.attributes[name].value
+            if site.params:
+                attributes["activation_params"] = site.params
+        else:
+            fused_op = "FusedGemm"
+            for name in GEMM_ATTRIBUTES:
+                if name in source.attributes:
+                    attributes[name] = source.attributes[name].value
+            for key, value in zip(("activation_alpha", "activation_beta"), site.params, strict=False):
+                attributes[key] = value
+        fused = run.new_node(
+            fused_op, list(source.inputs), attributes, anchor=source, domain=CONTRIB_DOMAIN
+        )
+        run.replace(activation.outputs[0], fused, fused.outputs[0], [source, activation], before=activation)

@@ -1,0 +1,285 @@
+"""GELU fusions: the primitive erf and tanh forms into one op, and a preceding bias Add
+into ONNX Runtime's bias-GELU kernels.
+
+    fuse-gelu       0.5·x·(1 + erf(x/√2))                      -> Gelu (opset 20) | com.microsoft::Gelu
+                    0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))  -> Gelu<approximate=tanh> | com.microsoft::FastGelu
+    fuse-bias-gelu  Gelu(Add(x, b))                            -> com.microsoft::BiasGelu(x, b)
+                    Gelu<tanh>(Add(x, b)) / FastGelu(Add(x, b)) -> com.microsoft::FastGelu(x, b)
+
+Exact up to float rounding: the fused kernels evaluate the same formula.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+from greencc.passes.cleanup.graph_edits import constant_tensor
+from greencc.pipeline.base import register_pass
+
+from .fusion_pass import (
+    CONTRIB_DOMAIN,
+    FusionPass,
+    FusionRun,
+    other_readers,
+    producer,
+    scalar_constant,
+    single_reader,
+)
+
+SQRT2 = math.sqrt(2.0)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+TANH_CUBIC = 0.044715  # the cubic coefficient of the tanh approximation (Hendrycks & Gimpel 2016)
+
+
+def _close(value: float | None, target: float) -> bool:
+    # The exporters write these as float32 constants: equal to ~1e-7 relative.
+    return value is not None and math.isclose(value, target, rel_tol=1e-6)
+
+
+def _other(node: ir.Node, value: ir.Value) -> ir.Value | None:
+    """The input of binary ``node`` that is not ``value`` (``None`` if neither/both)."""
+    a, b = node.inputs[0], node.inputs[1]
+    if a is value and b is not value:
+        return b
+    if b is value and a is not value:
+        return a
+    return None
+
+
+@dataclass
+class GeluSite:
+    x: ir.Value
+    approximate: str
+    nodes: list[ir.Node]
+    output: ir.Value
+
+
+@register_pass("fuse-gelu")
+class FuseGelu(FusionPass):
+    """0.5·x·(1+erf(x/√2)) -> Gelu; 0.5·x·(1+tanh(√(2/π)(x+0.044715x³))) -> Gelu<tanh>.
+
+    The product may be written in any association ((x·0.5)·(1+erf), x·((1+erf)·0.5)...),
+    x/√2 as Div or Mul by 1/√2, x³ as Pow(x, 3) or Mul(x, Mul(x, x)). Emits the opset-20
+    Gelu when the model's opset has it, else the target's com.microsoft Gelu / FastGelu.
+    """
+
+    def match(self, node: ir.Node, run: FusionRun) -> GeluSite | None:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("Erf", "Tanh"):
+            return None
+        if node.op_type == "Erf":
+            found = self._erf_argument(node)
+            approximate = "none"
+        else:
+            found = self._tanh_argument(node)
+            approximate = "tanh"
+        if found is None:
+            return None
+        x, inner_nodes = found
+        one_plus = single_reader(node.outputs[0])
+        if one_plus is None or one_plus.op_type != "Add":
+            return None
+        if not _close(scalar_constant(_other(one_plus, node.outputs[0])), 1.0):
+            return None
+        product = self._half_x_product(one_plus.outputs[0], x)
+        if product is None:
+            run.decline(node, f"1+{node.op_type.lower()}(·) is not multiplied by exactly x and 0.5")
+            return None
+        mul_nodes, output = product
+        nodes = [*inner_nodes, node, one_plus, *mul_nodes]
+        for inner in nodes[:-1]:
+            why = other_readers(inner.outputs[0], nodes)
+            if why:
+                run.decline(node, f"an intermediate of the GELU is read elsewhere: {why}")
+                return None
+        op = self.fused_op(run, approximate)
+        if op is None:
+            run.decline(
+                node, f"the model's opset {run.onnx_opset()} has no Gelu (20) and "
+                f"{self.contrib_op(approximate)}: {run.unsupported_reason(self.contrib_op(approximate))}",
+            )
+            return None
+        return GeluSite(x, approximate, nodes, output)
+
+    @staticmethod
+    def contrib_op(approximate: str) -> str:
+        return f"{CONTRIB_DOMAIN}::{'Gelu' if approximate == 'none' else 'FastGelu'}"
+
+    def fused_op(self, run: FusionRun, approximate: str) -> str | None:
+        """``"Gelu"`` (opset 20), the contrib op's name, or ``None`` when neither runs."""
+        if run.onnx_opset() >= 20:
+            return "Gelu"
+        if not run.unsupported_reason(self.contrib_op(approximate)):
+            return self.contrib_op(approximate)
+        return None
+
+    @staticmethod
+    def _erf_argument(erf: ir.Node) -> tuple[ir.Value, list[ir.Node]] | None:
+        scaled = erf.inputs[0]
+        node = producer(scaled, "Div", "Mul")
+        if node is None:
+            return None
+        if node.op_type == "Div":
+            if _close(scalar_constant(node.inputs[1]), SQRT2):
+                return node.inputs[0], [node]
+            return None
+        for i in (0, 1):
+            if _close(scalar_constant(node.inputs[1 - i]), 1.0 / SQRT2):
+                return node.inputs[i], [node]
+        return None
+
+    @staticmethod
+    def _tanh_argument(tanh: ir.Node) -> tuple[ir.Value, list[ir.Node]] | None:
+        scale = producer(tanh.inputs[0], "Mul")
+        if scale is None:
+            return None
+        for i in (0, 1):
+            if _close(scalar_constant(scale.inputs[1 - i]), SQRT_2_OVER_PI):
+                inner = producer(scale.inputs[i], "Add")
+                break
+        else:
+            return None
+        if inner is None:
+            return None
+        for i in (0, 1):
+            x = inner.inputs[i]
+            cubic_term = producer(inner.inputs[1 - i], "Mul")
+            if cubic_term is None:
+                continue
+            for j in (0, 1):
+                if not _close(scalar_constant(cubic_term.inputs[1 - j]), TANH_CUBIC):
+                    continue
+                cube_nodes = _cube_of(cubic_term.inputs[j], x)
+                if cube_nodes is not None:
+                    return x, [*cube_nodes, cubic_term, inner, scale]
+        return None
+
+    @staticmethod
+    def _half_x_product(factor: ir.Value, x: ir.Value) -> tuple[list[ir.Node], ir.Value] | None:
+        """The Mul nodes computing ``factor · x · 0.5`` (any association) and the result."""
+        nodes: list[ir.Node] = []
+        have_x = have_half = False
+        current = factor
+        for _ in range(2):
+            mul = single_reader(current)
+            if mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx"):
+                return None
+            other = _other(mul, current)
+            if other is None:
+                return None
+            nodes.append(mul)
+            operands = [other]
+            inner = producer(other, "Mul")
+            if other is not x and inner is not None and single_reader(other) is mul:
+                operands = list(inner.inputs)
+                nodes.insert(len(nodes) - 1, inner)
+            for operand in operands:
+                if operand is x and not have_x:
+                    have_x = True
+                elif _close(scalar_constant(operand), 0.5) and not have_half:
+                    have_half = True
+                else:
+                    return None
+            current = mul.outputs[0]
+            if have_x and have_half:
+                return nodes, current
+        return None
+
+    def rewrite(self, site: GeluSite, run: FusionRun) -> None:
+        run.fused_away([n.outputs[0] for n in site.nodes[:-1]])
+        op = self.fused_op(run, site.approximate)
+        assert op is not None
+        anchor = site.nodes[0]
+        if op == "Gelu":
+            gelu = run.new_node("Gelu", [site.x], {"approximate": site.approximate}, anchor=anchor)
+        else:
+            gelu = run.new_node(op.split("::")[1], [site.x], anchor=anchor, domain=CONTRIB_DOMAIN)
+        run.replace(site.output, gelu, gelu.outputs[0], site.nodes, before=site.nodes[-1])
+
+
+def _cube_of(value: ir.Value, x: ir.Value) -> list[ir.Node] | None:
+    """The nodes computing ``value = x³`` (Pow(x, 3), x·(x·x) or (x·x)·x), else ``None``."""
+    pow_node = producer(value, "Pow")
+    if pow_node is not None:
+        if pow_node.inputs[0] is x and _close(scalar_constant(pow_node.inputs[1]), 3.0):
+            return [pow_node]
+        return None
+    outer = producer(value, "Mul")
+    if outer is None:
+        return None
+    for i in (0, 1):
+        if outer.inputs[i] is not x:
+            continue
+        square = producer(outer.inputs[1 - i], "Mul")
+        if square is not None and square.inputs[0] is x and square.inputs[1] is x:
+            return [square, outer]
+    return None
+
+
+@dataclass
+class BiasGeluSite:
+    add: ir.Node
+    gelu: ir.Node
+    x: ir.Value
+    bias: ir.Value
+    op: str
+
+
+@register_pass("fuse-bias-gelu")
+class FuseBiasGelu(FusionPass):
+    """Gelu(Add(x, b)) -> com.microsoft::BiasGelu(x, b); the tanh form -> FastGelu(x, b).
+
+    ``b`` is a constant vector as long as the last axis of ``x`` (a Linear layer's bias),
+    and the Add is read only by the GELU.
+    """
+
+    def match(self, node: ir.Node, run: FusionRun) -> BiasGeluSite | None:
+        approximate = self._approximation(node)
+        if approximate is None:
+            return None
+        add = producer(node.inputs[0], "Add")
+        if add is None:
+            return None
+        x = bias = None
+        for i in (0, 1):
+            tensor = constant_tensor(add.inputs[1 - i])
+            if tensor is not None and constant_tensor(add.inputs[i]) is None:
+                x, bias = add.inputs[i], add.inputs[1 - i]
+                break
+        if x is None or bias is None:
+            return None
+        tensor = constant_tensor(bias)
+        shape = run.shape(x)
+        if len(tensor.shape) != 1 or shape is None or not shape or shape[-1] != tensor.shape[0]:
+            run.decline(node, f"the bias '{bias.name}' is not a vector along the last axis of '{x.name}'")
+            return None
+        why = other_readers(add.outputs[0], [node])
+        if why:
+            run.decline(node, f"the biased value cannot be removed: {why}")
+            return None
+        op = "BiasGelu" if approximate == "none" else "FastGelu"
+        if not run.supports(node, f"{CONTRIB_DOMAIN}::{op}"):
+            return None
+        return BiasGeluSite(add, node, x, bias, op)
+
+    @staticmethod
+    def _approximation(node: ir.Node) -> str | None:
+        if node.domain in ("", "ai.onnx") and node.op_type == "Gelu":
+            attr = node.attributes.get("approximate")
+            return "none" if attr is None else attr.as_string()
+        if node.domain == CONTRIB_DOMAIN and node.op_type == "Gelu":
+            return "none"
+        if node.domain == CONTRIB_DOMAIN and node.op_type == "FastGelu" and (
+            len(node.inputs) < 2 or node.inputs[1] is None
+        ):
+            return "tanh"
+        return None
+
+    def rewrite(self, site: BiasGeluSite, run: FusionRun) -> None:
+        run.fused_away([site.add.outputs[0]])
+        fused = run.new_node(site.op, [site.x, site.bias], anchor=site.gelu, domain=CONTRIB_DOMAIN)
+        run.replace(site.gelu.outputs[0], fused, fused.outputs[0], [site.add, site.gelu], before=site.gelu)
+
+

