@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"greencc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
+    def carbon_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--grid-intensity", metavar="G|CODE",
+                       help="grid carbon intensity: gCO2e/kWh, or a location looked up offline in CodeCarbon's "
+                       "tables (pip install 'greencc[carbon]'): a country FRA or FR, a US state USA:california "
+                       "or USA:CA, a Canadian province CAN:ontario (default 475, the IEA 2019 world average)")
+        p.add_argument("--pue", type=float, metavar="P",
+                       help="data-centre power usage effectiveness, >= 1 (default 1.0: the machine alone)")
+
     def dims_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                        help="bind a symbolic input dim for estimates and checks (repeatable), e.g. --dim seq=128")
@@ -67,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="an ONNX file")
     c.add_argument("-t", "--target", default="ort-cpu", help="target or tag (default ort-cpu; see `greencc targets`)")
     level = c.add_mutually_exclusive_group()
-    for preset in ("O0", "O1", "O2"):
+    for preset in ("O0", "O1", "O2", "O3"):
         level.add_argument(f"-{preset}", dest="pipeline", action="store_const", const=f"-{preset}",
                            help=f"preset pipeline -{preset}")
     level.add_argument("--pipeline", dest="pipeline", metavar="TEXT",
@@ -80,10 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--measure", action="store_true",
                    help="measure latency and energy per inference of the compiled model and of the original "
                    "(energy: RAPL or NVML where readable, else a labelled CPU-time estimate)")
-    c.add_argument("--grid-intensity", type=float, metavar="G",
-                   help="grid carbon intensity in gCO2e/kWh (default 475, the IEA 2019 world average)")
-    c.add_argument("--pue", type=float, metavar="P",
-                   help="data-centre power usage effectiveness, >= 1 (default 1.0: the machine alone)")
+    c.add_argument("--measure-window", type=float, default=1.0, metavar="S",
+                   help="seconds of each energy window with --measure (default 1.0; shorter reads noisier)")
+    carbon_options(c)
     c.add_argument("--print-ir-after", metavar="NAME|all|change", help="print the graph after these passes")
     c.add_argument("--explain", metavar="PASS", action="append", default=[],
                    help="list each site PASS declined, with the node and the reason")
@@ -118,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("--energy", action="store_true",
                    help="also measure energy per inference (RAPL/NVML where readable, else a labelled estimate)")
+    carbon_options(b)
     dims_option(b)
 
     r = sub.add_parser("report", help="print a report.json as the ledger table")
@@ -147,13 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     val = cost_sub.add_parser(
         "validate", help="predicted vs measured latency on held-out models",
-        description="Compile a held-out suite (MiniLM, tiny BERT, the digits CNN fp32/int8 across "
-        "pipelines and batch 1/8; none used for calibration), measure each, and report Spearman's rank "
+        description="Compile a held-out suite (MiniLM, tiny BERT, the digits CNN fp32/int8, a GPT-2-style "
+        "decoder and a ViT across pipelines and batch 1/8; none used for calibration), measure each, "
+        "and report Spearman's rank "
         "correlation, median and 90th-percentile absolute error and the worst offenders.",
         epilog="example: HF_HUB_OFFLINE=1 greencc cost validate -t ort-cpu --write-benchmarks BENCHMARKS.md")
     val.add_argument("-t", "--target", default="ort-cpu", help="target to validate (default ort-cpu)")
     val.add_argument("--threads", type=int, help="intra-op threads (default: the target's, all cores)")
-    val.add_argument("--quick", action="store_true", help="small models only (no MiniLM)")
+    val.add_argument("--quick", action="store_true",
+                     help="small models, and one -O2 batch-1 variant of the decoder and the ViT (no MiniLM)")
     val.add_argument("--min-time", type=float, default=1.0, metavar="S",
                      help="seconds each model is timed per round (default 1.0)")
     val.add_argument("--rounds", type=int, default=2,
@@ -221,6 +231,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             threads=args.threads,
             seed=args.seed,
             measure=args.measure,
+            energy_window_s=args.measure_window,
             grid_intensity=args.grid_intensity,
             pue=args.pue,
             instruments=instruments,
@@ -328,26 +339,35 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``greencc bench``."""
+    from greencc.measure.carbon import CarbonFactors, carbon_per_inference
     from greencc.target import CompiledModel
     from greencc.verify.feeds import random_feeds
 
+    if (args.grid_intensity is not None or args.pue is not None) and not args.energy:
+        raise UsageError("--grid-intensity and --pue price an energy figure, and none is measured",
+                         hint="add --energy")
+    factors = CarbonFactors.of(args.grid_intensity, args.pue)
     compiled = CompiledModel.load(args.artifact)
     feeds = random_feeds(compiled.model, seed=args.seed, dims=_parse_dims(args.dim))
     stats = compiled.benchmark(feeds, warmup=args.warmup, repeats=args.repeats)
-    energy = None
+    energy = carbon = None
     if args.energy:
         from greencc.measure.energy import best_meter, measure_energy
 
         arrays = compiled.check_feeds(feeds)
         device = "cpu" if "cpu" in compiled.target else "any"
         energy = measure_energy(lambda: compiled.run(arrays), meter=best_meter(device).meter)
+        carbon = carbon_per_inference(energy.j_per_inference, energy.method, factors)
     if args.json:
-        _out(json.dumps({**stats.to_dict(), **({"energy": energy.to_dict()} if energy else {})}, indent=2))
+        extra = {"energy": energy.to_dict(), "carbon": carbon.to_dict()} if energy and carbon else {}
+        _out(json.dumps({**stats.to_dict(), **extra}, indent=2))
     else:
         _out(f"{args.artifact}: median {stats.median_ms:.3f} ms (p10 {stats.p10_ms:.3f}, p90 {stats.p90_ms:.3f}; "
              f"{stats.repeats} runs after {stats.warmup} warm-up, {stats.threads} threads)")
-        if energy is not None:
+        if energy is not None and carbon is not None:
             _out(f"energy: {energy}")
+            _out(f"carbon: {carbon.g_per_1k_inferences:.4g} gCO2e per 1k inferences [{energy.label}]; "
+                 f"{factors.describe()}")
     return 0
 
 

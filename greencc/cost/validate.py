@@ -30,6 +30,9 @@ PROBE_BENCHMARK = "matmul 128x384x1536"
 # Acceptance of issue 5: the calibrated model must rank and size held-out models this well.
 SPEARMAN_TARGET = 0.9
 MEDIAN_ERROR_TARGET_PCT = 20.0
+# The held-out decoder and ViT of the default suite (random weights; tests/models.py builds them).
+GPT2_CONFIG = {"layers": 4, "hidden": 256, "heads": 4, "seq": 64}
+VIT_CONFIG = {"image": 64, "patch": 8, "hidden": 256, "layers": 4, "heads": 4}
 
 
 @dataclass
@@ -214,10 +217,11 @@ class ValidationReport:
 # The default held-out suite
 # --------------------------------------------------------------------------------------
 def default_suite(*, quick: bool = False) -> list[ValidationCase]:
-    """MiniLM (dynamic batch), tiny BERT and the digits CNN (fp32, and int8 by ONNX
-    Runtime's dynamic quantization) across pipelines -O0/-O1/-O2 (and -O3 where it
-    exists) at batch 1 and 8. Needs the repository's ``tests/models.py`` (a checkout) and
-    the ``torch`` extra; ``quick`` keeps the small models only."""
+    """MiniLM (dynamic batch), tiny BERT, the digits CNN (fp32, and int8 by ONNX Runtime's
+    dynamic quantization), a GPT-2-style decoder (causal attention) and a ViT, across
+    pipelines -O0/-O1/-O2 (and -O3 where it exists) at batch 1 and 8. Needs the
+    repository's ``tests/models.py`` (a checkout) and the ``torch`` extra; ``quick`` keeps
+    the small models and one -O2 batch-1 variant each of the decoder and the ViT."""
     try:
         from tests import models
     except ImportError:
@@ -249,6 +253,18 @@ def default_suite(*, quick: bool = False) -> list[ValidationCase]:
     def digits_int8() -> Any:
         return _quantized_dynamic(models.digits_cnn_model())
 
+    # Random weights, sized so that latency is mostly arithmetic, not per-op overhead.
+    def gpt2() -> Any:
+        return models.gpt2_model("dynamo", dynamic=True, **GPT2_CONFIG)
+
+    def vit() -> Any:
+        return models.vit_model("dynamo", dynamic=True, **VIT_CONFIG)
+
+    gpt2_family = (f"GPT-2-style decoder ({GPT2_CONFIG['layers']} layers, hidden {GPT2_CONFIG['hidden']}, "
+                   f"seq {GPT2_CONFIG['seq']}, causal)")
+    vit_family = (f"ViT ({VIT_CONFIG['layers']} layers, hidden {VIT_CONFIG['hidden']}, "
+                  f"image {VIT_CONFIG['image']}, patch {VIT_CONFIG['patch']})")
+
     cases: list[ValidationCase] = []
     for batch in (1, 8):
         for preset in presets:
@@ -259,6 +275,11 @@ def default_suite(*, quick: bool = False) -> list[ValidationCase]:
                                         {"batch": batch}, "digits CNN fp32"))
         cases.append(ValidationCase(f"digits-cnn-int8 b{batch}", digits_int8, "-O0",
                                     {"batch": batch}, "digits CNN int8 (ORT dynamic quantization)"))
+        for preset in presets:
+            if quick and (preset != "-O2" or batch != 1):
+                continue
+            cases.append(ValidationCase(f"gpt2{preset} b{batch}", gpt2, preset, {"batch": batch}, gpt2_family))
+            cases.append(ValidationCase(f"vit{preset} b{batch}", vit, preset, {"batch": batch}, vit_family))
         if not quick:
             for preset in presets:
                 cases.append(ValidationCase(f"minilm{preset} b{batch}", lambda: minilm_dynamic().clone(),

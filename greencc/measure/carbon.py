@@ -1,8 +1,10 @@
 """Carbon: grams of CO2-equivalent per inference from energy, as kWh × PUE × grid intensity.
 
-Only a world-average default ships (cited below) and whatever intensity the user gives:
-grid intensity varies by country, hour and contract, and we hold no maintained offline
-per-country table we could cite, so we do not guess one.
+The grid intensity is the cited world-average default, a number the user gives, or a
+location code (``FRA``, ``FR``, ``USA:california``, ``CAN:ontario``) looked up offline in the
+tables CodeCarbon ships (:mod:`greencc.measure.grid`, the ``greencc[carbon]`` extra) and
+cited by table, year and data set. Intensity still varies by hour and contract: a yearly
+average is what these figures use.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class CarbonFactors:
     pue: float = DEFAULT_PUE
     grid_source: str = DEFAULT_GRID_SOURCE
     pue_source: str = DEFAULT_PUE_SOURCE
+    # The location code the intensity was looked up for (``FRA``, ``USA:california``), if any.
+    grid_location: str | None = None
 
     def __post_init__(self) -> None:
         if not _finite(self.grid_g_per_kwh) or self.grid_g_per_kwh < 0:
@@ -49,13 +53,33 @@ class CarbonFactors:
             )
 
     @classmethod
-    def of(cls, grid_g_per_kwh: float | None = None, pue: float | None = None) -> CarbonFactors:
-        """Factors from optional user values; the defaults (and their sources) fill the rest."""
+    def of(cls, grid_intensity: float | str | None = None, pue: float | None = None) -> CarbonFactors:
+        """Factors from optional user values; the defaults (and their sources) fill the rest.
+
+        ``grid_intensity`` is gCO2e/kWh (a number, or text that parses as one) or a location
+        code looked up by :func:`greencc.measure.grid.lookup_grid_intensity` (``FRA``,
+        ``FR``, ``USA:california``, ``CAN:ontario``), whose table is then the cited source.
+        """
+        grid, grid_source, location = DEFAULT_GRID_INTENSITY_G_PER_KWH, DEFAULT_GRID_SOURCE, None
+        if isinstance(grid_intensity, str) and _number(grid_intensity) is None:
+            from greencc.measure.grid import lookup_grid_intensity
+
+            found = lookup_grid_intensity(grid_intensity)
+            grid, grid_source, location = found.g_per_kwh, found.source, found.location
+        elif grid_intensity is not None:
+            value = _number(grid_intensity) if isinstance(grid_intensity, str) else grid_intensity
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UsageError(
+                    f"grid intensity {grid_intensity!r} must be a number of gCO2e/kWh or a location code",
+                    hint="e.g. --grid-intensity 300, --grid-intensity FRA or --grid-intensity USA:california",
+                )
+            grid, grid_source = float(value), "given by the user"
         return cls(
-            grid_g_per_kwh=DEFAULT_GRID_INTENSITY_G_PER_KWH if grid_g_per_kwh is None else float(grid_g_per_kwh),
+            grid_g_per_kwh=grid,
             pue=DEFAULT_PUE if pue is None else float(pue),
-            grid_source=DEFAULT_GRID_SOURCE if grid_g_per_kwh is None else "given by the user",
+            grid_source=grid_source,
             pue_source=DEFAULT_PUE_SOURCE if pue is None else "given by the user",
+            grid_location=location,
         )
 
     def grams(self, energy_j: float) -> float:
@@ -113,6 +137,7 @@ class CarbonFigure:
             "pue": self.factors.pue,
             "grid_source": self.factors.grid_source,
             "pue_source": self.factors.pue_source,
+            "grid_location": self.factors.grid_location,
         }
 
 
@@ -125,6 +150,14 @@ def carbon_per_inference(
     if not isinstance(energy_method, str) or not energy_method:
         raise UsageError("a carbon figure needs the method of the energy it comes from")
     return CarbonFigure(float(j_per_inference), energy_method, factors or CarbonFactors())
+
+
+def _number(text: str) -> float | None:
+    """``text`` as a float, or ``None`` when it is not a number (a location code)."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _finite(value: Any) -> bool:

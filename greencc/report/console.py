@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from greencc.report.ledger import Report
+    from greencc.report.ledger import PassRow, Report
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -44,16 +44,56 @@ def _energy_line(figure: dict) -> str:
             f"[{label}{window}]")
 
 
+# Short tags of energy methods for the per-pass column; the full label is printed below.
+_METHOD_TAGS = {"estimate:cpu-time×tdp": "est", "rapl": "rapl", "nvml": "nvml"}
+
+
+def _measured_cells(row: PassRow) -> list[str]:
+    """The per-pass measured latency and energy cells: ``"=" `` marks a reused figure."""
+    measured = row.measured or {}
+    if "error" in measured:
+        return ["n/a", "n/a"]
+    latency, energy = measured.get("latency"), measured.get("energy")
+    if not latency or not energy:
+        return ["", ""]
+    same = "=" if "same_as" in measured else ""
+    tag = _METHOD_TAGS.get(energy.get("method", ""), energy.get("method", "?"))
+    return [f"{same}{latency['median_ms']:.3f} ({latency['p10_ms']:.3f}-{latency['p90_ms']:.3f})",
+            f"{same}{energy['mj_per_inference']:.3f} {tag}"]
+
+
+def _measured_footer(report: Report) -> list[str]:
+    """Lines explaining the measured columns: the meter's label and the reused-row marker."""
+    measured = [row.measured for row in report.rows if row.measured]
+    if not measured:
+        return []
+    labels = list(dict.fromkeys(m["energy"]["label"] for m in measured if m.get("energy")))
+    lines = [f"meas. columns: the model after each pass lowered to {report.target or 'the target'} and run; "
+             "latency median (p10-p90) ms, energy mJ/inference — " + "; ".join(labels)]
+    if any("same_as" in m for m in measured):
+        lines.append("  '=' : the pass changed nothing, so the figure above it is reused (not measured again)")
+    for row in report.rows:
+        if row.measured and "error" in row.measured:
+            lines.append(f"  {row.name}: {row.measured['error']}")
+    return lines
+
+
 def render_report(report: Report, width: int = 140) -> str:
     """Plain text (no colour codes) of the ledger table and summary lines."""
     table = Table(title=f"greencc ledger — target {report.target or '-'}, "
                   f"profile {report.profile['name'] if report.profile else '-'}, "
                   f"{'dims ' + str(report.dims) if report.dims else 'static shapes'}")
-    for column, justify in [
+    with_measured = any(row.measured for row in report.rows)
+    columns = [
         ("pass", "left"), ("nodes", "right"), ("params", "right"), ("MB", "right"),
         ("GMAC", "right"), ("est ms", "right"), ("Δ ms", "right"), ("est mJ", "right"),
-        ("Δ mJ", "right"), ("fidelity", "left"), ("wall ms", "right"), ("notes", "left"),
-    ]:
+        ("Δ mJ", "right"),
+    ]
+    if with_measured:
+        columns += [("meas. ms", "right"), ("meas. mJ", "right")]
+        width = max(width, 170)
+    columns += [("fidelity", "left"), ("wall ms", "right"), ("notes", "left")]
+    for column, justify in columns:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in report.rows:
         fidelity = ""
@@ -64,15 +104,18 @@ def render_report(report: Report, width: int = 140) -> str:
             notes = f"ROLLED BACK: {row.rolled_back}"
         elif not row.modified and row.name != "(input)":
             notes = notes or "no change"
+        measured_cells = _measured_cells(row) if with_measured else []
         table.add_row(
             row.name, str(row.nodes), f"{row.parameters:,}", f"{row.model_bytes / 1e6:.2f}",
             f"{row.total_macs / 1e9:.4f}", _num(row.est_latency_ms, ".3f"),
             _signed(row.delta_latency_ms, ".3f"), _num(row.est_energy_mj, ".3f"),
-            _signed(row.delta_energy_mj, ".3f"), fidelity, f"{row.wall_ms:.1f}", notes,
+            _signed(row.delta_energy_mj, ".3f"), *measured_cells, fidelity, f"{row.wall_ms:.1f}", notes,
         )
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
     console.print(table)
+    for line in _measured_footer(report):
+        console.print(line, markup=False)
     summary = report.summary()
     if summary:
         nodes = summary["nodes"]

@@ -4,7 +4,8 @@ delta the pass made, fidelity and wall time. ``LedgerInstrument`` writes the row
 
 Every energy figure carries its method: the rows' estimates name the cost model and
 profile (``energy_method``), measured figures their meter (``measured_energy``,
-``baseline_measured``), and each carbon figure the energy it was computed from.
+``baseline_measured``, each row's ``measured``), and each carbon figure the energy it was
+computed from.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import datetime as _dt
 import json
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,11 +51,29 @@ class PassRow:
     rolled_back: str | None = None
     # The label of est_latency_ms / est_energy_mj: "estimate: model:cost(<profile>, ...)".
     energy_method: str | None = None
+    # With measurement (compile --measure): the model after this pass lowered to the target
+    # and measured. {"latency": LatencyStats dict (ms), "energy": EnergyMeasurement dict
+    # (its "method" and "label" say measured or estimate)}; a pass that changed nothing
+    # reuses the figure of row "same_as_row" (named "same_as"); {"error": why} when the
+    # model could not be lowered or run.
+    measured: dict[str, Any] | None = None
 
     @property
     def total_macs(self) -> int:
         """All MACs of the model after this pass, any dtype."""
         return sum(self.macs_by_dtype.values())
+
+    @property
+    def measured_latency_ms(self) -> float | None:
+        """Measured median latency (ms) of the model after this pass, if measured."""
+        latency = (self.measured or {}).get("latency")
+        return latency["median_ms"] if latency else None
+
+    @property
+    def measured_energy_mj(self) -> float | None:
+        """Measured (or CPU-time estimated, see its label) mJ per inference after this pass."""
+        energy = (self.measured or {}).get("energy")
+        return energy["mj_per_inference"] if energy else None
 
 
 @dataclass
@@ -64,9 +84,13 @@ class Report:
     compiled model's latency statistics (ms), ``measured_energy`` its energy per inference
     (an :class:`~greencc.measure.energy.EnergyMeasurement` dict, ``method`` and ``label``
     included), and ``baseline_measured`` the same two (``latency``, ``energy``) for the
-    original model lowered to the same target without passes. ``carbon_factors`` are the
-    grid intensity (gCO2e/kWh) and PUE that turn every energy figure into gCO2e; see
-    :meth:`energy_figures`.
+    original model lowered to the same target without passes. With per-pass measurement
+    (``compile(measure=True)``) every row's ``measured`` holds the same figures for the
+    model after that pass, ``measured`` / ``measured_energy`` are the last row's and
+    ``baseline_measured`` the input row's (unless the target legalizes, when the original
+    is measured after legalization). ``carbon_factors`` are the grid intensity (gCO2e/kWh,
+    with its source and location code) and PUE that turn every energy figure into gCO2e;
+    see :meth:`energy_figures`.
     """
 
     model: dict[str, Any]
@@ -221,29 +245,53 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+MeasureModel = Callable[["Model", Mapping[str, int]], dict[str, Any]]
+
+
 class LedgerInstrument(Instrument):
     """Writes a :class:`PassRow` for the input model and after every pass into ``report``.
 
-    The cost estimate is recomputed only when a pass modified the model.
+    The cost estimate is recomputed only when a pass modified the model. With ``measure``
+    (a callable ``(model, dims) -> {"latency", "energy"} | {"error"}``, see
+    ``greencc.driver``), the input model and the model after every pass that modified it
+    are measured too; a row whose pass changed nothing (or was rolled back) reuses the
+    previous figure and names the row it comes from.
     """
 
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, measure: MeasureModel | None = None) -> None:
         self.report = report
         self._last_cost: CostEstimate | None = None
+        self._measure = measure
+        self._last_measured: tuple[int, dict[str, Any]] | None = None
 
     def enter_pipeline(self, model: Model, ctx: PassContext) -> None:
         self._last_cost = self._estimate(model, ctx)
-        self.report.rows.append(self._row("(input)", model, PassRecord("(input)", False), ctx))
+        row = self._row("(input)", model, PassRecord("(input)", False), ctx)
+        self._add_measurement(row, model, ctx, changed=True)
+        self.report.rows.append(row)
 
     def after_pass(self, pass_: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:
         previous = self._last_cost
-        if record.modified and not record.rolled_back:
+        changed = record.modified and not record.rolled_back
+        if changed:
             self._last_cost = self._estimate(model, ctx)
         row = self._row(record.name, model, record, ctx)
         if previous is not None and self._last_cost is not None:
             row.delta_latency_ms = self._last_cost.latency_ms - previous.latency_ms
             row.delta_energy_mj = self._last_cost.energy_mj - previous.energy_mj
+        self._add_measurement(row, model, ctx, changed=changed)
         self.report.rows.append(row)
+
+    def _add_measurement(self, row: PassRow, model: Model, ctx: PassContext, *, changed: bool) -> None:
+        """Measure the model of ``row`` when it changed; otherwise reuse the last figure."""
+        if self._measure is None:
+            return
+        if changed or self._last_measured is None:
+            row.measured = self._measure(model, ctx.dims)
+            self._last_measured = (len(self.report.rows), row.measured)
+            return
+        index, figure = self._last_measured
+        row.measured = {**figure, "same_as": self.report.rows[index].name, "same_as_row": index}
 
     def exit_pipeline(self, model: Model, ctx: PassContext) -> None:
         self.report.near_misses = [

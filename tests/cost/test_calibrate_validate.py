@@ -134,3 +134,37 @@ def test_validate_without_a_calibration_says_how_to_make_one() -> None:
     with pytest.raises(UsageError, match="no calibrated profile") as info:
         validate("ort-cpu", threads=1, cases=[])
     assert "greencc cost calibrate -t ort-cpu --threads 1" in info.value.hint
+
+
+def test_default_suite_holds_the_decoder_and_the_vit() -> None:
+    from greencc.cost.validate import default_suite
+
+    full = {c.name: c for c in default_suite()}
+    for family in ("gpt2", "vit"):
+        for preset in ("-O0", "-O1", "-O2"):
+            for batch in (1, 8):
+                case = full[f"{family}{preset} b{batch}"]
+                assert case.pipeline == preset and case.dims == {"batch": batch}
+    assert "causal" in full["gpt2-O2 b1"].family and "ViT" in full["vit-O2 b1"].family
+    quick = [c.name for c in default_suite(quick=True)]
+    assert [n for n in quick if n.startswith(("gpt2", "vit"))] == ["gpt2-O2 b1", "vit-O2 b1"]
+    assert not any(n.startswith("minilm") for n in quick)
+
+
+@pytest.mark.slow
+def test_validate_predicts_the_decoder_and_the_vit() -> None:
+    from tests import models
+
+    few = [b for b in cal.default_benchmarks()
+           if b.name in {"neg[1]x1", "add 4K", "matmul 16x32x32", "matmul 128x384x384", "gemm 128x384x384",
+                         "attention 2x16x32 h2", "skiplayernorm 128x32"}]
+    calibration = cal.calibrate("ort-cpu", threads=1, benchmarks=few, min_time_s=0.02)
+    cases = [
+        ValidationCase("gpt2-O2 b2", lambda: models.gpt2_model("dynamo", dynamic=True), "-O2", {"batch": 2}, "GPT-2"),
+        ValidationCase("vit-O1 b2", lambda: models.vit_model("dynamo", dynamic=True), "-O1", {"batch": 2}, "ViT"),
+    ]
+    report = validate("ort-cpu", threads=1, cases=cases, calibration=calibration, min_time_s=0.05)
+    for result in report.results:
+        assert np.isfinite(result.predicted_ms) and result.predicted_ms > 0 and result.measured_ms > 0
+        # Not a precision check (seven benchmarks calibrate this model): nothing absurd.
+        assert 0.1 < result.predicted_ms / result.measured_ms < 10, result

@@ -149,3 +149,79 @@ def test_cli_bench_energy(good_model: Path, tmp_path: Path, capsys) -> None:
     assert main(["bench", str(out), "--repeats", "5", "--warmup", "1", "--energy", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["energy"]["method"] == "estimate:cpu-time×tdp" and data["energy"]["measured"] is False
+
+
+# --------------------------------------------------------------------------------------
+# Per-pass measurement: each row of a pass that changed the model is measured
+# --------------------------------------------------------------------------------------
+class CountingMeasure:
+    """A ``measure_model`` stand-in recording which models it was asked to measure."""
+
+    def __init__(self) -> None:
+        self.nodes: list[int] = []
+
+    def __call__(self, model: gc.Model, dims: dict) -> dict:
+        self.nodes.append(len(model.graph))
+        n = len(self.nodes)
+        return {"latency": {"median_ms": float(n), "p10_ms": n - 0.1, "p90_ms": n + 0.1},
+                "energy": {"mj_per_inference": 10.0 * n, "method": "rapl", "label": "measured (rapl: fake)"}}
+
+
+def test_the_ledger_measures_the_input_and_each_pass_that_changed_the_model(good_model: Path) -> None:
+    counter = CountingMeasure()
+    _, report = gc.optimize(gc.load(good_model), "cleanup,cleanup", measure_model=counter)
+    input_row, first, second = report.rows
+    assert first.modified and not second.modified
+    assert counter.nodes == [input_row.nodes, first.nodes]  # the unchanged second run is not measured
+    assert input_row.measured_latency_ms == 1.0 and first.measured_latency_ms == 2.0
+    assert first.measured_energy_mj == 20.0 and "same_as" not in first.measured
+    assert second.measured["same_as"] == "cleanup" and second.measured["same_as_row"] == 1
+    assert second.measured_energy_mj == first.measured_energy_mj
+    text = report.to_console()
+    assert "meas. ms" in text and "meas. mJ" in text and "=20.000 rapl" in text
+    assert "'=' : the pass changed nothing" in text and "measured (rapl: fake)" in text
+
+
+def test_a_row_that_cannot_be_measured_says_why(good_model: Path) -> None:
+    _, report = gc.optimize(gc.load(good_model), "cleanup",
+                            measure_model=lambda model, dims: {"error": "could not be measured: no kernel"})
+    assert report.rows[1].measured == {"error": "could not be measured: no kernel"}
+    assert report.rows[1].measured_latency_ms is None
+    text = report.to_console()
+    assert "n/a" in text and "cleanup: could not be measured: no kernel" in text
+
+
+def test_compile_measure_fills_every_row_with_the_same_meter(tmp_path: Path) -> None:
+    from tests import models
+
+    compiled = gc.compile(models.tiny_bert_model(), "ort-cpu", "-O2", measure=True,
+                          dims={"batch": 1, "seq": 16}, energy_meter=ConstantPowerRapl(), energy_window_s=0.05)
+    report = compiled.report
+    assert [r.name for r in report.rows] == ["(input)", "cleanup", "fuse", "dce"]
+    for row in report.rows:
+        latency, energy = row.measured["latency"], row.measured["energy"]
+        assert latency["p10_ms"] <= latency["median_ms"] <= latency["p90_ms"] and latency["repeats"] >= 50
+        assert energy["method"] == "rapl" and energy["label"].startswith("measured (rapl:")
+        assert energy["window_s"] >= 0.05 and energy["mj_per_inference"] > 0
+        assert ("same_as" in row.measured) == (row.name != "(input)" and not row.modified)
+    # The final and original figures are the last and the first row's (ort-cpu legalizes nothing).
+    assert report.measured == report.rows[-1].measured["latency"]
+    assert report.measured_energy == report.rows[-1].measured["energy"]
+    assert report.baseline_measured == report.rows[0].measured
+    data = json.loads(report.to_json())
+    assert data["rows"][2]["measured"]["energy"]["method"] == "rapl"
+    again = Report.from_dict(data)
+    assert again.rows[2].measured == report.rows[2].measured
+    text = report.to_console()
+    assert text.count(" rapl ") >= 4 and "meas. mJ" in text
+
+
+def test_without_measure_the_rows_carry_no_measurement(good_model: Path) -> None:
+    report = gc.compile(gc.load(good_model), "ort-cpu", "-O1").report
+    assert all(row.measured is None for row in report.rows)
+    assert "meas. ms" not in report.to_console()
+
+
+def test_a_non_positive_window_is_refused_before_any_work(good_model: Path) -> None:
+    with pytest.raises(gc.UsageError, match="energy_window_s"):
+        gc.compile(gc.load(good_model), "ort-cpu", "-O1", measure=True, energy_window_s=0)

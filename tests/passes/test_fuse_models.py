@@ -89,64 +89,29 @@ def test_compile_explain_lists_each_declined_site(tmp_path, capsys):
     assert "<unnamed Relu -> y>: cannot fuse into <unnamed Gemm -> pre>: 'pre' is a graph output" in text
 
 
-class _LastHiddenState:
-    """Wrap a Hugging Face model so its export returns ``last_hidden_state`` only."""
-
-    @staticmethod
-    def of(model):  # noqa: ANN001, ANN205 - torch modules, imported lazily
-        import torch
-
-        class LastHiddenState(torch.nn.Module):
-            def __init__(self, inner: torch.nn.Module) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-                if len(inputs) == 2:
-                    return self.inner(input_ids=inputs[0], attention_mask=inputs[1]).last_hidden_state
-                return self.inner(inputs[0]).last_hidden_state
-
-        return LastHiddenState(model).eval()
-
-
-def _gpt2():  # noqa: ANN202
-    import torch
-    from transformers import GPT2Config, GPT2Model
-
-    config = GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4, use_cache=False,
-                        bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(0)
-    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones(2, 12, dtype=torch.int64)
-    mask[0, -3:] = 0
-    return _LastHiddenState.of(GPT2Model(config)), (ids, mask)
-
-
-def _vit():  # noqa: ANN202
-    import torch
-    from transformers import ViTConfig, ViTModel
-
-    config = ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                       num_attention_heads=4, intermediate_size=64)
-    torch.manual_seed(0)
-    return _LastHiddenState.of(ViTModel(config, add_pooling_layer=False)), (torch.randn(2, 3, 16, 16),)
+# (module, inputs, exported model) builders from tests/models.py, small default sizes.
+GPT2_AND_VIT = {
+    "gpt2-causal": (models.gpt2_module, models.gpt2_inputs, models.gpt2_model),
+    "vit": (models.vit_module, models.vit_inputs, models.vit_model),
+}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
-@pytest.mark.parametrize("build", [_gpt2, _vit], ids=["gpt2-causal", "vit"])
-def test_gpt2_and_vit_attention_fuses_and_matches_pytorch(build, exporter):
+@pytest.mark.parametrize("family", list(GPT2_AND_VIT))
+def test_gpt2_and_vit_attention_fuses_and_matches_pytorch(family, exporter):
     import torch
 
-    module, inputs = build()
-    model = gc.from_torch(module, inputs, exporter=exporter)
+    module_of, inputs_of, model_of = GPT2_AND_VIT[family]
+    module, inputs = module_of(), inputs_of()
+    model = model_of(exporter)
     fused, report = gc.optimize(model, O2)
     counts = fused.op_counts()
     assert counts["com.microsoft::Attention"] == 2 and "Softmax" not in counts
     assert counts["com.microsoft::SkipLayerNormalization"] == 4
     attention = next(n for n in fused.graph if n.op_type == "Attention")
     causal = attention.attributes.get("unidirectional")
-    assert (causal is not None and causal.as_int() == 1) == (build is _gpt2)
+    assert (causal is not None and causal.as_int() == 1) == (family == "gpt2-causal")
     with torch.no_grad():
         expected = module(*inputs).numpy()
     feeds = dict(zip([s.name for s in model.inputs], [t.numpy() for t in inputs], strict=True))
