@@ -1,0 +1,61 @@
+"""Relax module -> TVM executable: legalize and fuse, schedule every kernel, lower, build.
+
+Kernels get, in order of preference: a tuned schedule from a MetaSchedule database (when
+one is given), then greencc's default CPU rules (``tvm_schedules``). The rest of the
+pipeline is TVM's own CPU pipeline (``relax.backend.cpu_generic``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def fuse_passes(target: Any) -> list[Any]:
+    """Relax passes up to fused TIR kernels (the form tuning and scheduling work on)."""
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    return [
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        *cpu.legalize_passes(target),
+    ]
+
+
+def fused_module(mod: Any, target: Any) -> Any:
+    """``mod`` legalized and fused into TIR kernels for ``target`` (not yet scheduled)."""
+    import tvm
+
+    with target:
+        return tvm.transform.Sequential(fuse_passes(target))(mod)
+
+
+def build_executable(mod: Any, target: Any, database: Any = None) -> Any:
+    """Compile a fused Relax module (see :func:`fused_module`) into a VM executable.
+
+    ``database`` is a MetaSchedule database whose tuned schedules take precedence; kernels
+    it does not cover get greencc's default CPU schedules.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from greencc.targets.tvm_schedules import apply_default_schedules
+
+    @tvm.transform.module_pass(opt_level=0, name="GreenccCpuPipeline")
+    def pipeline(module: Any, _ctx: Any) -> Any:
+        passes = []
+        if database is not None:
+            passes.append(relax.transform.MetaScheduleApplyDatabase())
+        passes.append(apply_default_schedules())
+        passes += cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+        with target:
+            if database is not None:
+                with database:
+                    return tvm.transform.Sequential(passes)(module)
+            return tvm.transform.Sequential(passes)(module)
+
+    return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+
+
+__all__ = ["build_executable", "fuse_passes", "fused_module"]

@@ -1,0 +1,332 @@
+"""The ``tvm-llvm`` target: Apache TVM (Relax + LLVM) on the host CPU.
+
+greencc prepares a static-shaped graph TVM can import (``tvm_import``), TVM legalizes and
+fuses it into TIR kernels, every kernel gets a CPU schedule — tuned by MetaSchedule when a
+tuning budget is given (``tvm_tuning``), else greencc's default rules (``tvm_schedules``) —
+and LLVM compiles it for this machine's CPU. The artifact is a shared library run by TVM's
+Relax VM.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from greencc.errors import GreenccError, ModelLoadError, UsageError
+from greencc.ir.traversal import node_label
+from greencc.target import (
+    Availability,
+    CompiledModel,
+    Partition,
+    Target,
+    group_partitions,
+    node_id,
+    register_target,
+)
+from greencc.targets import tvm_env
+
+if TYPE_CHECKING:
+    from greencc.model import Model
+    from greencc.pipeline.context import PassContext
+
+LIBRARY_FILE = "model.so"
+MODEL_FILE = "model.onnx"
+DATA_FILE = f"{MODEL_FILE}.data"
+TARGET_FILE = "tvm_target.json"
+TARGET_FILE_MAX_BYTES = 1 << 20  # untrusted input: refuse absurd sizes before reading
+
+
+class TvmCompiledModel(CompiledModel):
+    """A model compiled by TVM for an LLVM target, run by TVM's Relax virtual machine.
+
+    ``executable`` is the TVM executable (or a loaded library); ``target_spec`` the LLVM
+    target it was built for, in TVM's dict form; ``model`` the static-shaped greencc model
+    it was compiled from (its signature is what calls are checked against);
+    ``compile_s`` and ``tuning`` record compile time (s) and what tuning did.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        model: Model,
+        executable: Any,
+        *,
+        target_spec: Mapping[str, Any],
+        options: Mapping[str, Any],
+        profile_name: str | None = None,
+        compile_s: float | None = None,
+        tuning: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(target, model, options=options, profile_name=profile_name)
+        self.executable = executable
+        self.target_spec = dict(target_spec)
+        self.compile_s = compile_s
+        self.tuning = dict(tuning or {})
+        self._vm = self._make_vm()
+        self._main = self._vm["main"]
+        self._input_names = [spec.name for spec in model.inputs]
+        self._output_names = [spec.name for spec in model.outputs]
+
+    def _make_vm(self) -> Any:
+        import tvm
+        from tvm import relax
+
+        return relax.VirtualMachine(self.executable, tvm.cpu())
+
+    def _run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tvm
+
+        tvm_env.set_runtime_threads(int(self.options["threads"]))
+        args = [tvm.runtime.tensor(np.ascontiguousarray(arrays[name])) for name in self._input_names]
+        try:
+            result = self._main(*args)
+        except Exception as exc:  # feeds were checked already: this is TVM's own failure
+            raise GreenccError(
+                f"the TVM-compiled model failed while running: {_last_line(exc)}",
+                hint="please report it with the model; compile for ort-cpu meanwhile",
+            ) from None
+        outputs = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
+        return {
+            name: value.numpy() for name, value in zip(self._output_names, outputs, strict=True)
+        }
+
+    def with_options(self, **options: Any) -> TvmCompiledModel:
+        """A copy running with another ``threads`` count (other options need a new compile)."""
+        changed = {k for k, v in options.items() if self.options.get(k) != v}
+        if changed - {"threads"}:
+            return super().with_options(**options)  # raises UsageError naming them
+        checked = TvmLlvm(**{**self.options, **options}).options
+        return type(self)(
+            self.target, self.model, self.executable, target_spec=self.target_spec,
+            options=checked, profile_name=self.profile_name, compile_s=self.compile_s,
+            tuning=self.tuning,
+        )
+
+    def _save_artifact(self, directory: Path) -> list[str]:
+        import json
+
+        from greencc.ir.io import save_model
+
+        if shutil.which("g++") is None and shutil.which("gcc") is None:
+            raise UsageError(
+                "saving a TVM-compiled model needs a C compiler to link the shared library",
+                hint="install gcc (e.g. apt-get install gcc)",
+            )
+        with tvm_env.native_warnings_captured():
+            self.executable.export_library(str(directory / LIBRARY_FILE))
+        save_model(self.model.ir, directory / MODEL_FILE)
+        meta = {"target": self.target_spec, "compile_s": self.compile_s, "tuning": self.tuning}
+        (directory / TARGET_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        names = [LIBRARY_FILE, MODEL_FILE, TARGET_FILE, DATA_FILE]
+        return [name for name in names if (directory / name).is_file()]
+
+    @classmethod
+    def _load_artifact(cls, directory: Path, manifest: dict[str, Any]) -> TvmCompiledModel:
+        import json
+
+        import tvm
+
+        from greencc.frontend.onnx_file import load
+
+        for name in (LIBRARY_FILE, MODEL_FILE, TARGET_FILE):
+            if name not in manifest["files"] or not (directory / name).is_file():
+                raise ModelLoadError(
+                    f"{directory}: artifact file '{name}' is missing",
+                    hint="the artifact is incomplete; compile again",
+                )
+        meta_path = directory / TARGET_FILE
+        try:
+            if meta_path.stat().st_size > TARGET_FILE_MAX_BYTES:
+                raise ValueError(f"{meta_path.stat().st_size} bytes is too large")
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{meta_path} is not valid: {exc}", hint="compile again") from None
+        spec = meta.get("target") if isinstance(meta, dict) else None
+        if not isinstance(spec, dict):
+            raise ModelLoadError(f"{directory}/{TARGET_FILE} has no target", hint="compile again")
+        _check_host_can_run(spec, directory)
+        try:
+            with tvm_env.native_warnings_captured():
+                library = tvm.runtime.load_module(str(directory / LIBRARY_FILE))
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{directory}/{LIBRARY_FILE} cannot be loaded: {_last_line(exc)}",
+                hint="it was built for another machine or TVM version; compile again here",
+            ) from None
+        return cls(
+            manifest["target"], load(directory / MODEL_FILE), library, target_spec=spec,
+            options=manifest["options"], profile_name=manifest.get("profile"),
+            compile_s=meta.get("compile_s"), tuning=meta.get("tuning"),
+        )
+
+
+def _check_host_can_run(spec: Mapping[str, Any], directory: Path) -> None:
+    """Refuse a library built for another architecture before it crashes the process."""
+    import platform
+
+    triple = str(spec.get("mtriple") or "")
+    machine = platform.machine().lower()
+    aliases = {"amd64": "x86_64", "arm64": "aarch64"}
+    machine = aliases.get(machine, machine)
+    if triple and aliases.get(triple.split("-")[0], triple.split("-")[0]) != machine:
+        raise ModelLoadError(
+            f"{directory} was compiled for {triple}, which this {machine} machine cannot run",
+            hint="run it on that hardware (or under emulation)",
+        )
+
+
+@register_target("tvm-llvm")
+class TvmLlvm(Target):
+    """Apache TVM on the host CPU through LLVM, with default or MetaSchedule-tuned schedules.
+
+    Options: ``threads`` (runtime threads; default all cores here), ``mcpu`` (LLVM CPU name;
+    default this machine's, e.g. ``znver4``), ``tune_budget_s`` (MetaSchedule tuning time in
+    s; 0, the default, builds with greencc's default schedules), ``tune_trials`` (trials per
+    tuned kernel, default 64), ``cache_dir`` (tuning record cache; default
+    ``$GREENCC_CACHE_DIR/tvm``).
+    """
+
+    description = "Apache TVM (Relax + LLVM) on this CPU: default schedules, or MetaSchedule-tuned"
+    profile_name = tvm_env.host_profile_name()
+    default_options: dict[str, Any] = {
+        "threads": None,
+        "mcpu": None,
+        "tune_budget_s": 0.0,
+        "tune_trials": 64,
+        "cache_dir": None,
+    }
+    compiled_model_class = TvmCompiledModel
+
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate ``threads`` (positive int), ``tune_budget_s`` (>= 0), ``tune_trials`` (>= 1)."""
+        checked = super().check_options(options)
+        label = f"target '{self.name or 'tvm-llvm'}'"
+        threads = checked["threads"] if checked["threads"] is not None else tvm_env.default_threads()
+        checked["threads"] = _positive_int(threads, f"{label}: threads", minimum=1)
+        checked["tune_trials"] = _positive_int(checked["tune_trials"], f"{label}: tune_trials", minimum=1)
+        try:
+            budget = float(checked["tune_budget_s"])
+        except (TypeError, ValueError):
+            budget = -1.0
+        if not budget >= 0:
+            raise UsageError(
+                f"{label}: tune_budget_s={checked['tune_budget_s']!r} must be a number of seconds >= 0",
+                hint="e.g. tune_budget_s=300 (0 builds with default schedules)",
+            )
+        checked["tune_budget_s"] = budget
+        if checked["mcpu"] is not None and not isinstance(checked["mcpu"], str):
+            raise UsageError(f"{label}: mcpu must be an LLVM CPU name", hint="e.g. mcpu='znver4'")
+        if checked["cache_dir"] is not None:
+            checked["cache_dir"] = str(checked["cache_dir"])
+        return checked
+
+    def available(self) -> Availability:
+        """Available when apache-tvm imports with an LLVM code generator."""
+        return tvm_env.tvm_availability()
+
+    def capability(self, model: Model) -> list[Partition]:
+        """Every node TVM's ONNX importer converts is claimed; others are ``unsupported``
+        (a TVM build runs the whole graph, so there is no fallback to ONNX Runtime)."""
+        from greencc.target import UNSUPPORTED
+        from greencc.targets.tvm_import import tvm_supported_ops
+
+        self.require_available()
+        supported = tvm_supported_ops()
+        verdicts = []
+        for index, node in enumerate(model.graph):
+            if node.domain in ("", "ai.onnx") and node.op_type in supported:
+                verdicts.append((node_id(node, index), self.name, ""))
+            else:
+                op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+                reason = f"op '{op}' at node {node_label(node)}: TVM's ONNX importer cannot convert it"
+                verdicts.append((node_id(node, index), UNSUPPORTED, reason))
+        return group_partitions(verdicts)
+
+    def target_spec(self) -> dict[str, Any]:
+        """The LLVM target in TVM's dict form, e.g. ``{"kind": "llvm", "mcpu": "znver4", ...}``."""
+        return tvm_env.llvm_target_spec(self.options["threads"], self.options["mcpu"])
+
+    def lower(self, model: Model, ctx: PassContext | None = None) -> TvmCompiledModel:
+        """Compile ``model`` with TVM for this CPU; ``ctx.dims`` binds symbolic dims (1 when
+        unbound). Raises ``UnsupportedOpError`` naming a node TVM cannot import."""
+        from greencc.targets.tvm_build import build_executable, fused_module
+        from greencc.targets.tvm_import import prepare_for_tvm, to_relax
+
+        self.require_available()
+        started = time.perf_counter()
+        dims = _dims_for(model, ctx)
+        prepared = prepare_for_tvm(model, dims)
+        with tvm_env.native_warnings_captured():
+            relax_mod = to_relax(prepared)
+        spec = self.target_spec()
+        target = tvm_env.make_target(spec)
+        with tvm_env.native_warnings_captured():
+            fused = fused_module(relax_mod, target)
+        database, tuning = None, {}
+        if self.options["tune_budget_s"] > 0:
+            from greencc.targets.tvm_tuning import tune
+
+            progress = _stderr_progress if (ctx is not None and ctx.progress) else None
+            database, summary = tune(
+                fused, target, spec,
+                budget_s=self.options["tune_budget_s"],
+                trials_per_task=self.options["tune_trials"],
+                cache_dir=self.options["cache_dir"],
+                progress=progress,
+            )
+            tuning = summary.to_dict()
+        try:
+            with tvm_env.native_warnings_captured():
+                executable = build_executable(fused, target, database)
+        except GreenccError:
+            raise
+        except Exception as exc:
+            raise GreenccError(
+                f"TVM failed to build the model for {spec['mcpu']}: "
+                f"{type(exc).__name__}: {_last_line(exc)}",
+                hint="please report it with the model; compile for ort-cpu meanwhile",
+            ) from None
+        return TvmCompiledModel(
+            self.name, prepared, executable, target_spec=spec, options=self.options,
+            profile_name=self.selected_profile_name, compile_s=time.perf_counter() - started,
+            tuning=tuning,
+        )
+
+
+def _last_line(exc: BaseException) -> str:
+    """The last non-empty line of an exception's text: where TVM says what failed."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _stderr_progress(done: int, total: int, message: str) -> None:
+    print(f"tvm tuning [{done}/{total}] {message}", file=sys.stderr, flush=True)
+
+
+def _dims_for(model: Model, ctx: PassContext | None) -> dict[str, int]:
+    """Sizes for the model's symbolic dims: the context's, else 1 (as the driver does)."""
+    from greencc.ir.shapes import symbolic_dims
+
+    given = dict(ctx.dims) if ctx is not None else {}
+    return {name: int(given.get(name, 1)) for name in symbolic_dims(model.ir)}
+
+
+def _positive_int(value: Any, what: str, *, minimum: int) -> int:
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError):
+        number = minimum - 1
+    if number < minimum:
+        raise UsageError(f"{what}={value!r} must be an integer >= {minimum}", hint=f"e.g. {what.split(': ')[-1]}=2")
+    return number
+
+
+__all__ = ["TvmCompiledModel", "TvmLlvm"]
