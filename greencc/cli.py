@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calib", metavar="NPZ", help=".npz of arrays named after the model inputs (samples on axis 0)")
     c.add_argument("--budget", metavar="SPEC", help="fidelity budget for lossy passes, e.g. cos=0.99")
     c.add_argument("--threads", type=int, help="intra-op threads of the compiled model")
+    c.add_argument("--target-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the target, repeatable (e.g. -t tvm-llvm --target-option tune_budget_s=600; "
+                   "`greencc targets` lists each target's options)")
     c.add_argument("--no-verify", action="store_true", help="skip numerical verification after each pass")
     c.add_argument("--measure", action="store_true",
                    help="measure latency and energy per inference of the compiled model and of the original "
@@ -188,6 +191,21 @@ def _parse_dims(items: Sequence[str]) -> dict[str, int]:
     return dims
 
 
+def _parse_target_options(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items as target options; a value reads as JSON (numbers, true/false,
+    null, quoted strings) and otherwise as the plain string."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"bad --target-option '{item}'", hint="write it as KEY=VALUE, e.g. tune_budget_s=600")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except ValueError:
+            options[key.strip()] = raw
+    return options
+
+
 def _status(message: str, quiet: bool = False):
     if quiet or not sys.stderr.isatty():
         return nullcontext()
@@ -229,6 +247,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             dims=_parse_dims(args.dim),
             verify=not args.no_verify,
             threads=args.threads,
+            target_options=_parse_target_options(args.target_option),
             seed=args.seed,
             measure=args.measure,
             energy_window_s=args.measure_window,
@@ -324,13 +343,16 @@ def cmd_targets(args: argparse.Namespace) -> int:
         except Exception as exc:  # a broken plugin must not hide the others
             ok, reason = False, f"{type(exc).__name__}: {exc}"
         rows.append({"name": name, "available": ok, "reason": reason,
-                     "description": getattr(cls, "description", "")})
+                     "description": getattr(cls, "description", ""),
+                     "options": {k: v for k, v in getattr(cls, "default_options", {}).items()}})
     if args.json:
         _out(json.dumps({"targets": rows, "tags": {k: list(v) for k, v in TAGS.items()}}, indent=2))
         return 0
     for row in rows:
         state = "available" if row["available"] else f"unavailable: {row['reason']}"
         _out(f"{row['name']:<16} {state:<28} {row['description']}")
+        if row["options"]:
+            _out(f"{'':<16} options: " + ", ".join(f"{k}={v!r}" for k, v in row["options"].items()))
     _out("\ntags (target + hardware profile):")
     for tag, (target, profile) in TAGS.items():
         _out(f"  {tag:<20} -> {target} with profile {profile}")

@@ -94,6 +94,7 @@ def compile(  # noqa: A001 - the public verb of a compiler
     dims: Mapping[str, int] | None = None,
     verify: bool = True,
     threads: int | None = None,
+    target_options: Mapping[str, Any] | None = None,
     seed: int = 0,
     measure: bool = False,
     instruments: Sequence[Instrument] = (),
@@ -126,7 +127,7 @@ def compile(  # noqa: A001 - the public verb of a compiler
     factors = CarbonFactors.of(grid_intensity, pue)
     if measure and not (isinstance(energy_window_s, (int, float)) and energy_window_s > 0):
         raise UsageError(f"energy_window_s={energy_window_s!r} must be a positive number of seconds")
-    options = {"threads": threads} if threads is not None else {}
+    options = {**(target_options or {}), **({"threads": threads} if threads is not None else {})}
     resolved = _resolve_target(target, **options)
     availability = resolved.available()
     if not availability.ok:

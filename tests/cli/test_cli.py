@@ -93,6 +93,16 @@ def test_passes_and_targets(capsys):
     assert re.search(r"^ort-cpu\s+available", text, re.M)
 
 
+def test_target_options_reach_the_target(good_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["compile", str(good_model), "-O0", "-o", str(out), "--target-option", "optimization=\"basic\""]
+    assert main(argv) == 0
+    manifest = json.loads((out / "greencc.json").read_text())
+    assert manifest["options"]["optimization"] == "basic"
+    assert main(["targets"]) == 0
+    assert "optimization='all'" in capsys.readouterr().out
+
+
 def test_readme_catalogue_matches_registry():
     # In a fresh process: other tests register passes of their own in this one.
     readme = (ROOT / "README.md").read_text()
@@ -165,6 +175,8 @@ def test_subprocess_error_has_no_traceback(tmp_path):
     (["compile", "MODEL", "--pipeline", "no-such-pass", "-o", "OUT"], 2, "unknown pass 'no-such-pass'"),
     (["compile", "MODEL", "-t", "no-such-target", "-o", "OUT"], 2, "no-such-target"),
     (["compile", "MODEL", "--dim", "seq", "-o", "OUT"], 2, "bad --dim"),
+    (["compile", "MODEL", "--target-option", "threads", "-o", "OUT"], 2, "bad --target-option"),
+    (["compile", "MODEL", "--target-option", "no_such=1", "-o", "OUT"], 2, "has no option 'no_such'"),
     (["compile", "MODEL"], 2, "-o"),
     (["frobnicate"], 2, "invalid choice"),
 ])
