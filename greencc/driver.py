@@ -119,6 +119,9 @@ def compile(  # noqa: A001 - the public verb of a compiler
     475, the IEA 2019 world average) and ``pue`` (default 1.0) turn every energy figure into
     gCO2e. ``output_dir`` saves the artifact (and ``report.json``) atomically.
 
+    ``target_options`` go to the target's constructor (``greencc targets`` lists each
+    target's options, e.g. tvm-llvm's ``tune_budget_s``); ``threads`` is one of them.
+
     For ``target="ort-cpu"`` given by name, a profile calibrated on this machine by
     ``greencc cost calibrate`` for the same thread count replaces the default one.
     """
