@@ -1,3 +1,3 @@
 """greencc's built-in passes; importing this package registers them."""
 
-from greencc.passes import cleanup, fusion  # noqa: F401
+from greencc.passes import cleanup, fusion, prune, quantize  # noqa: F401

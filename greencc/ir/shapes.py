@@ -13,7 +13,9 @@ import importlib.util
 import io
 import logging
 import numbers
+import os
 import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,11 +116,26 @@ def _symbolic_shape_inference_class() -> Any:
     return module.SymbolicShapeInference
 
 
+@contextlib.contextmanager
+def _working_directory(path: str):
+    """``contextlib.chdir`` (Python 3.11+) for Python 3.10."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def _symbolic_shape_inference(model: ir.Model) -> None:
     try:
         SymbolicShapeInference = _symbolic_shape_inference_class()
         proto = _proto_for_inference(model)
-        with _silenced(_SYMBOLIC_MODULE), contextlib.redirect_stdout(io.StringIO()):
+        # When inference is incomplete the tool saves `sym_shape_infer_temp.onnx` and its
+        # weights (as external data, ~model size) into the current directory before raising:
+        # run it from a scratch directory so nothing lands in the user's.
+        with _silenced(_SYMBOLIC_MODULE), contextlib.redirect_stdout(io.StringIO()), \
+                tempfile.TemporaryDirectory(prefix="greencc-symshape-") as scratch, _working_directory(scratch):
             inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
     except Exception as exc:  # the tool raises bare Exceptions on ops it does not know
         log.info("symbolic shape inference failed: %s", exc)

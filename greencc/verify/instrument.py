@@ -40,6 +40,7 @@ class VerifyInstrument(Instrument):
         self.labels = labels
         self.samples: list[dict[str, np.ndarray]] = []
         self.reference: list[list[np.ndarray]] = []
+        self.current: list[list[np.ndarray]] = []
         self.original: Model | None = None
         self.last_fidelity = None
 
@@ -48,6 +49,8 @@ class VerifyInstrument(Instrument):
         self.samples = self._samples(model, ctx)
         run = reference_runner(model)
         self.reference = [run(feeds) for feeds in self.samples]
+        # What exact passes must preserve: the outputs after the last accepted lossy pass.
+        self.current = self.reference
 
     def _samples(self, model: Model, ctx: PassContext) -> list[dict[str, np.ndarray]]:
         calibration = ctx.calibration
@@ -69,7 +72,7 @@ class VerifyInstrument(Instrument):
         fidelity = measure_fidelity(self.reference, outputs, self.labels)
         record.fidelity = fidelity
         if not pass_.lossy:
-            violation = exact_violation(self.reference, outputs)
+            violation = exact_violation(self.current, outputs)
             if violation is not None:
                 node = None
                 if self.original is not None:
@@ -92,4 +95,6 @@ class VerifyInstrument(Instrument):
                     stacklevel=2,
                 )
                 return
+        if pass_.lossy:
+            self.current = outputs
         self.last_fidelity = fidelity

@@ -4,6 +4,8 @@ through a tiny BERT), binding dims with ``with_static_inputs``, and ``symbolic_d
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -143,3 +145,23 @@ def test_symbolic_dims_skips_initializers_and_static_models() -> None:
     assert gc.ir.symbolic_dims(gc.load(models.weighted_model_proto())) == ["batch"]
     assert gc.ir.symbolic_dims(gc.load(models.if_model_proto())) == []
     assert gc.ir.symbolic_dims(models.small_cnn_model().ir) == ["batch"]
+
+
+def test_incomplete_symbolic_inference_writes_nothing_to_the_working_directory(tmp_path, monkeypatch):
+    # When ONNX Runtime's tool cannot infer every shape it saves `sym_shape_infer_temp.onnx`
+    # and the model's weights (~model size) into the current directory, then raises. Stand
+    # in for that failure (it needs a large real model to happen) and check where it lands.
+    from greencc.ir.shapes import _symbolic_shape_inference_class
+
+    tool = _symbolic_shape_inference_class()
+
+    def incomplete(in_mp, *args, **kwargs):
+        open("sym_shape_infer_temp.onnx", "wb").close()
+        raise Exception("Incomplete symbolic shape inference")
+
+    monkeypatch.setattr(tool, "infer_shapes", staticmethod(incomplete))
+    monkeypatch.chdir(tmp_path)
+    model = gc.load(models.custom_op_model_proto())
+    gc.ir.infer_shapes(model, symbolic=True)
+    assert list(tmp_path.iterdir()) == []
+    assert os.getcwd() == str(tmp_path)

@@ -1,0 +1,39 @@
+"""The ``green`` preset: pruning spends part of the run's budget, int8 the rest; without
+a budget the pruning passes decline with the reason and only the -O3 passes act."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import greencc as gc
+from greencc.pipeline.text import PRESETS, Pipeline
+from tests import models
+
+
+def _cosine_min(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.reshape(a.shape[0], -1)
+    b = b.reshape(b.shape[0], -1)
+    return float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def test_green_parses_to_its_definition():
+    assert str(Pipeline.parse("green")) == str(Pipeline.parse(PRESETS["green"]))
+
+
+def test_green_prunes_within_the_budget_and_reports_its_choices():
+    model = models.tiny_bert_model()
+    feeds = [models.feeds_of(models.tiny_bert_inputs(seed=s)) for s in range(4)]
+    out, report = gc.optimize(model, "green", budget="cos=0.98", dims=models.TINY_BERT_DIMS, calibration=feeds)
+    stats = {row.name.split("{")[0]: row.stats for row in report.rows}
+    assert stats["prune-heads"]["heads_pruned"] > 0
+    assert "quantized" in stats["quantize-int8"] and "float_fallback" in stats["quantize-int8"]
+    for feed in feeds:
+        expected = models.ort_outputs(model, feed)[0]
+        got = models.ort_outputs(out, feed)[0]
+        assert _cosine_min(expected, got) >= 0.98
+
+
+def test_green_without_a_budget_declines_pruning_with_the_reason():
+    _, report = gc.optimize(models.tiny_bert_model(), "green", dims=models.TINY_BERT_DIMS)
+    reasons = {m["pass"]: m["reason"] for m in report.near_misses}
+    assert "no ratio, count or budget given" in reasons["prune-heads"]
