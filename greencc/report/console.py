@@ -99,7 +99,7 @@ def render_report(report: Report, width: int = 140) -> str:
         fidelity = ""
         if row.fidelity:
             fidelity = f"cos {row.fidelity['cosine_min']:.6f} |Δ| {row.fidelity['max_abs_error']:.2g}"
-        notes = ", ".join(f"{k}={v}" for k, v in row.stats.items() if v)
+        notes = _notes(row.stats)
         if row.rolled_back:
             notes = f"ROLLED BACK: {row.rolled_back}"
         elif not row.modified and row.name != "(input)":
@@ -143,3 +143,21 @@ def render_report(report: Report, width: int = 140) -> str:
         for figure in figures:
             console.print("  " + _energy_line(figure), markup=False)
     return buffer.getvalue()
+
+
+# Per-item stats (a key with a space: "rank03 <layer> cos_loss", "head 2.5 score") are
+# listed in report.json; the console counts them so a row stays readable.
+MAX_NOTES = 8
+
+
+def _notes(stats: dict) -> str:
+    """A pass row's notes: its summary counters (at most MAX_NOTES), then how many
+    per-item entries and further counters only report.json lists."""
+    summary = [(k, v) for k, v in stats.items() if v and " " not in k]
+    items = sum(1 for k, v in stats.items() if v and " " in k)
+    text = ", ".join(f"{k}={v}" for k, v in summary[:MAX_NOTES])
+    hidden = items + max(0, len(summary) - MAX_NOTES)
+    if hidden:
+        text += f"{', ' if text else ''}+{hidden} more in report.json"
+    return text
+
