@@ -58,14 +58,18 @@ def _session(model: onnx.ModelProto | str, threads: int):  # noqa: ANN202 - Infe
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def time_paired(contenders: dict[str, Callable[[], object]], *, repeats: int, warmup: int) -> dict[str, list[float]]:
+def time_paired(contenders: dict[str, Callable[[], object]], *, repeats: int, warmup: int,
+                pause_s: float = 0.1) -> dict[str, list[float]]:
     """Per-call times (ms) of every contender, taking turns, ``repeats`` turns.
 
-    In each turn every contender makes one untimed call, then one timed call: the untimed
-    call absorbs the previous contender's thread pool still spinning (ONNX Runtime and
-    PyTorch both keep their workers busy-waiting for a while). Unlike
-    ``benchmarks.common.time_contenders`` the samples are kept, so that calls of one turn
-    (made under the same load) can be compared pairwise.
+    In each turn every contender waits ``pause_s``, makes one untimed call, then one timed
+    call. The pause matters: ONNX Runtime's and PyTorch's worker threads keep spinning
+    after a call, and on a 2-core machine the spinning pool of the contender before takes
+    a core from the next one for its untimed *and* timed calls. Measured here (MiniLM b1,
+    int8): without a pause the contender timed right after an fp32 ONNX Runtime session ran
+    1.7-2.0x slower whichever it was; from a 50 ms pause on, the order no longer mattered.
+    Unlike ``benchmarks.common.time_contenders`` the samples are kept, so that calls of one
+    turn (made under the same load) can be compared pairwise.
     """
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():
@@ -73,6 +77,7 @@ def time_paired(contenders: dict[str, Callable[[], object]], *, repeats: int, wa
             fn()
     for _ in range(repeats):
         for name, fn in contenders.items():
+            time.sleep(pause_s)
             fn()
             start = time.perf_counter_ns()
             fn()
@@ -211,7 +216,7 @@ def main() -> None:
         print(body[-1], "\n", flush=True)
     scratch.cleanup()
     preamble = (
-        f"Each of {args.repeats} turns makes one untimed and one timed call of every contender "
+        f"Each of {args.repeats} turns makes, for every contender, a 0.1 s pause (so the previous contender's spinning worker threads stop), one untimed and one timed call "
         "(after 5 warm-up calls each); "
         "the per-turn ratios compare calls made seconds apart under the same machine load, which "
         "the medians of separate runs do not on this shared machine. ORT sessions are configured "

@@ -315,7 +315,7 @@ def main() -> None:
         body.append("### digits CNN\n\nfailed:\n\n```\n" + traceback.format_exc()[-1500:] + "\n```")
     print(body[-1])
     preamble = (
-        f"Each of {args.repeats} turns makes one untimed and one timed call of every contender (after 3 warm-up "
+        f"Each of {args.repeats} turns makes, for every contender, a 0.1 s pause (so the previous contender's spinning worker threads stop), one untimed and one timed call (after 3 warm-up "
         "calls). Fidelity: cosine of mean-pooled embeddings against PyTorch fp32 (mean / min) over the evaluation "
         "sentences, NN@1 = same nearest neighbour among them as fp32. ORT's static quantizers and greencc's "
         "sensitivity analysis are calibrated on the disjoint calibration sentences; ORT's quantizers run on "
