@@ -24,6 +24,9 @@ import numpy as np
 from greencc.errors import UsageError
 
 SECTION_TITLE = "## Cost model validation (issue 5)"
+# The pruned variants: a quarter of the attention heads (magnitude score: which heads go
+# does not matter for latency, and it is instant) and of the FFN neurons, then -O2's fusions.
+PRUNED = "cleanup,prune-heads{ratio=0.25,score=magnitude},prune-ffn{ratio=0.25},fuse,dce"
 # The calibration benchmark re-timed during validation to see whether the machine itself
 # got faster or slower since calibrating (shared VMs drift by tens of percent).
 PROBE_BENCHMARK = "matmul 128x384x1536"
@@ -238,6 +241,7 @@ def default_suite(*, quick: bool = False) -> list[ValidationCase]:
         )
     import functools
 
+    from greencc.pipeline.base import registered_passes
     from greencc.pipeline.text import PRESETS
 
     presets = [p for p in ("-O0", "-O1", "-O2", "-O3") if p in PRESETS]
@@ -265,6 +269,7 @@ def default_suite(*, quick: bool = False) -> list[ValidationCase]:
     vit_family = (f"ViT ({VIT_CONFIG['layers']} layers, hidden {VIT_CONFIG['hidden']}, "
                   f"image {VIT_CONFIG['image']}, patch {VIT_CONFIG['patch']})")
 
+    registered = set(registered_passes())
     cases: list[ValidationCase] = []
     for batch in (1, 8):
         for preset in presets:
@@ -280,10 +285,16 @@ def default_suite(*, quick: bool = False) -> list[ValidationCase]:
                 continue
             cases.append(ValidationCase(f"gpt2{preset} b{batch}", gpt2, preset, {"batch": batch}, gpt2_family))
             cases.append(ValidationCase(f"vit{preset} b{batch}", vit, preset, {"batch": batch}, vit_family))
+        if "prune-heads" in registered:
+            cases.append(ValidationCase(f"tiny-bert-pruned b{batch}", models.tiny_bert_model, PRUNED,
+                                        {"batch": batch, "seq": 16}, "tiny BERT (seq 16), pruned"))
         if not quick:
             for preset in presets:
                 cases.append(ValidationCase(f"minilm{preset} b{batch}", lambda: minilm_dynamic().clone(),
                                             preset, {"batch": batch}, "all-MiniLM-L6-v2 (seq 128)"))
+            if "prune-heads" in registered:
+                cases.append(ValidationCase(f"minilm-pruned b{batch}", lambda: minilm_dynamic().clone(), PRUNED,
+                                            {"batch": batch}, "all-MiniLM-L6-v2 (seq 128), pruned"))
     return cases
 
 

@@ -149,6 +149,9 @@ def test_default_suite_holds_the_decoder_and_the_vit() -> None:
     quick = [c.name for c in default_suite(quick=True)]
     assert [n for n in quick if n.startswith(("gpt2", "vit"))] == ["gpt2-O2 b1", "vit-O2 b1"]
     assert not any(n.startswith("minilm") for n in quick)
+    for batch in (1, 8):
+        assert "prune-heads" in full[f"minilm-pruned b{batch}"].pipeline
+        assert f"tiny-bert-pruned b{batch}" in quick
 
 
 @pytest.mark.slow
