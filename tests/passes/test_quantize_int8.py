@@ -186,17 +186,23 @@ def test_digits_cnn_keeps_accuracy_within_half_a_point(mode):
     assert "est_energy_saved_mJ" in stats
 
 
-def test_tiny_bert_with_dynamic_axes_reports_fidelity():
+@pytest.mark.parametrize("pipeline", ["-O3", "cleanup,fuse,dce,quantize-int8"])
+def test_tiny_bert_with_dynamic_axes_reports_fidelity(pipeline):
     from tests.models import tiny_bert_inputs, tiny_bert_model
 
     model = tiny_bert_model(dynamic=True)
     ids, mask = tiny_bert_inputs(batch=2, seq=16)
     calibration = [{"input_ids": ids.numpy(), "attention_mask": mask.numpy()}]
-    quantized, report = gc.optimize(model, "-O3", calibration=calibration, dims={"batch": 2, "seq": 16})
+    quantized, report = gc.optimize(model, pipeline, calibration=calibration, dims={"batch": 2, "seq": 16})
+    row = report.rows[-1]
+    # 2 attention blocks and 6 MatMuls are candidates; -O3 decides each by the cost model and
+    # the budget (on this tiny model and an uncalibrated profile int8 may not pay), plain
+    # quantize-int8 quantizes them all.
+    assert row.stats["quantized"] + row.stats.get("float_fallback", 0) == 8
     counts = quantized.op_counts()
-    assert counts.get("QAttention", 0) + counts.get("MatMulInteger", 0) > 0
-    fidelity = report.rows[-1].fidelity
-    assert fidelity is not None and fidelity["cosine_min"] >= 0.99
+    int8_ops = counts.get("com.microsoft::QAttention", 0) + counts.get("MatMulInteger", 0)
+    assert int8_ops == (8 if pipeline != "-O3" else row.stats["quantized"])
+    assert row.fidelity is not None and row.fidelity["cosine_min"] >= (0.99 if pipeline == "-O3" else 0.9)
     # Other batch and sequence sizes still run.
     ids3, mask3 = tiny_bert_inputs(batch=3, seq=9, seed=5)
     feeds = {"input_ids": ids3.numpy(), "attention_mask": mask3.numpy()}

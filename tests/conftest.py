@@ -1,0 +1,12 @@
+"""Test-session set-up: greencc's user cache (calibrated profiles, tuning records) points at
+a fresh temporary directory, so no test reads what `greencc cost calibrate` or a TVM tuning
+run left in ~/.cache on the machine running the suite."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+
+def pytest_configure(config) -> None:  # noqa: ANN001 - pytest's hook signature
+    os.environ["GREENCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="greencc-test-cache-")
