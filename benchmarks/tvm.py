@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 import greencc as gc
-from benchmarks.common import Row, seeded_tokens, table, time_contenders, write_section
+from benchmarks.common import Row, seeded_tokens, table, write_section
+from benchmarks.fusion import time_paired
 from examples.compile_minilm import SENTENCES, SentenceEncoder
 from greencc.measure.latency import LatencyStats
 from greencc.target import resolve_target
@@ -105,7 +106,8 @@ def compare(
         tuning_note = (f"tuning: {len(summary['tuned'])} kernels tuned ({summary['trials']} trials, "
                        f"{summary['seconds']:.0f} s), {len(summary['cached'])} from the cache, "
                        f"{len(summary['skipped'])} over budget (default schedules)")
-    stats = time_contenders(contenders, repeats=args.repeats, warmup=3, threads=args.threads)
+    samples = time_paired(contenders, repeats=args.repeats, warmup=3)
+    stats = {name: LatencyStats.from_samples(v, warmup=3, threads=args.threads) for name, v in samples.items()}
     if not args.no_stock:
         start = time.perf_counter()
         run_stock = stock_tvm(model, dims, args.threads)
@@ -192,8 +194,9 @@ def main() -> None:
 
     sections = [*minilm_sections(args), cnn_section(args)]
     preamble = (
-        f"Contenders run in one process with {args.threads} threads each, interleaved over 3 "
-        f"rounds of {args.repeats} calls in all (after 3 warm-up calls). ORT is greencc's "
+        f"Contenders run in one process with {args.threads} threads each, in {args.repeats} turns; in each "
+        "turn every contender waits 0.1 s (so the previous one's spinning worker threads stop), makes one "
+        "untimed and one timed call (after 3 warm-up calls). ORT is greencc's "
         "ort-cpu target after -O2; the TVM rows import the graph greencc prepares (static "
         "shapes, cleanup). TVM's stock build is `tvm.compile` with its default Relax pipeline, "
         f"which schedules nothing (at most {STOCK_MAX_CALLS} calls timed). greencc tvm-llvm "

@@ -24,6 +24,13 @@ from greencc.target import Availability
 TVM_FFI_BROKEN_PREFIX = "0.1.15"
 INSTALL_HINT = "pip install 'greencc[tvm]' (apache-tvm 0.27 with apache-tvm-ffi 0.1.14.post1)"
 
+# TVM's runtime pool pins its workers, and the calling thread, to single cores when it
+# starts (TVM_BIND_THREADS defaults to on). The pin is inherited by every thread created
+# afterwards, so one tvm-llvm call left ONNX Runtime and PyTorch in the same process on
+# one core (measured: ORT's MiniLM batch 8 went from ~140 to 384 ms). greencc turns the
+# binding off unless the user set the variable; it is read when the pool (re)starts.
+os.environ.setdefault("TVM_BIND_THREADS", "0")
+
 
 @functools.cache
 def tvm_availability() -> Availability:

@@ -15,6 +15,7 @@ import pytest
 
 import greencc as gc
 from greencc.target import UNSUPPORTED, registered_targets, resolve_target
+from greencc.verify.feeds import random_feeds
 from tests import models
 from tests.helpers import model_from_text, run_ort
 
@@ -198,3 +199,21 @@ def test_cli_compile_and_targets(tmp_path, capsys):
     assert main(["targets"]) == 0
     text = capsys.readouterr().out
     assert "tvm-llvm" in text
+
+
+def test_running_a_tvm_model_leaves_the_process_cpu_affinity_alone():
+    # TVM's pool used to pin the calling thread (and every thread created later: ONNX
+    # Runtime's and PyTorch's pools) to one core.
+    import os
+    import threading
+
+    before = os.sched_getaffinity(0)
+    model = models.digits_cnn_model()
+    compiled = gc.compile(model, "tvm-llvm", "-O2", dims={"batch": 1}, threads=2, verify=False)
+    compiled(random_feeds(compiled.model, seed=0, dims={"batch": 1}))
+    assert os.sched_getaffinity(0) == before
+    seen: dict[str, set[int]] = {}
+    thread = threading.Thread(target=lambda: seen.update(cpus=os.sched_getaffinity(0)))
+    thread.start()
+    thread.join()
+    assert seen["cpus"] == before
