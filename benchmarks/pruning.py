@@ -23,9 +23,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 import greencc as gc
-from benchmarks.common import ROOT, Row, table, time_contenders, write_section
+from benchmarks.common import ROOT, Row, table, write_section
+from benchmarks.fusion import time_paired
 from greencc.cost.estimate import estimate_cost
 from greencc.measure.energy import measure_energy
+from greencc.measure.latency import LatencyStats
 from greencc.passes.prune.head_blocks import find_head_blocks
 from greencc.passes.prune.head_importance import head_importance
 from greencc.passes.prune.head_mask import HeadMaskedModel
@@ -258,7 +260,8 @@ def main() -> None:
                                  f"{estimate_cost(built.model, PROFILE).energy_mj:.1f} |")
             timed.append(Variant(name, built.model, [], []))
     contenders = {name: (lambda c=c: c(feeds)) for name, c in compiled.items()}
-    stats_by_name = time_contenders(contenders, repeats=args.repeats, warmup=3, threads=args.threads)
+    samples = time_paired(contenders, repeats=args.repeats, warmup=3)
+    stats_by_name = {name: LatencyStats.from_samples(v, warmup=3, threads=args.threads) for name, v in samples.items()}
     rows = []
     for v in timed:
         energy = measure_energy(contenders[v.name], min_window_s=args.energy_window)
@@ -288,7 +291,7 @@ def main() -> None:
         "| pruned | ratio | score | cos mean | cos min | NN@1 | GMAC | analytic MACs match | est. mJ |\n"
         "|---|---:|---|---:|---:|---:|---:|---|---:|\n" + "\n".join(rows_fidelity),
         f"Latency on ort-cpu ({args.threads} threads, -O2 after pruning, {args.repeats} timed calls each, "
-        "interleaved in 3 rounds), estimated energy (cost model) and energy per inference from the best meter "
+        "in turns, each contender after a 0.1 s pause, one untimed then one timed call), estimated energy (cost model) and energy per inference from the best meter "
         "available (its label says whether it was measured):",
         latency_table,
         "\n\n".join(log),
