@@ -24,7 +24,8 @@ class PruneFFN(UnitPruning):
     neurons (``scope=global``); ``budget``: the minimum cosine to keep, searched for the
     most neurons. ``score``: ``activation`` (Wanda-style ``std(a_j)·‖W2[j]‖``),
     ``magnitude`` or ``random``; ``correct`` folds removed neurons' mean output into the
-    bias of W2. ``share``: the fraction of the run's budgeted loss this pass may spend.
+    bias of W2; ``reconstruct`` also re-fits the kept W2 rows by ridge least squares on
+    the calibration tokens (:func:`unit_pruning.least_squares_update`). ``share``: the fraction of the run's budgeted loss this pass may spend.
     """
 
     kind: ClassVar[str] = "ffn"

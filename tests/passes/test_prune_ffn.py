@@ -5,12 +5,14 @@ label-free scores, budgets, declines and idempotence."""
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 import greencc as gc
+from greencc.passes.cleanup.graph_edits import new_initializer
 from greencc.passes.prune.prune_ffn import PruneFFN
-from greencc.passes.prune.unit_pruning import UnitMaskedModel, unit_stats
-from greencc.passes.prune.units import find_unit_groups
+from greencc.passes.prune.unit_pruning import UnitMaskedModel, UnitStats, least_squares_update, unit_stats
+from greencc.passes.prune.units import consumer_bias, find_unit_groups
 from greencc.pipeline.context import PassContext
 from greencc.pipeline.manager import PassManager
 from greencc.verify.fidelity import measure_fidelity
@@ -51,18 +53,19 @@ def test_golden_structure():
 
 
 @pytest.mark.parametrize("fused", [False, True])
-@pytest.mark.parametrize("correct", [False, True])
-def test_pruned_equals_masked_reference(fused, correct):
+@pytest.mark.parametrize(("correct", "reconstruct"), [(False, False), (True, False), (True, True)])
+def test_pruned_equals_masked_reference(fused, correct, reconstruct):
     model = tiny_bert_model()
     if fused:
         model = gc.optimize(model, "cleanup,fuse,dce", verify=False)[0]
     masked = UnitMaskedModel(model, "ffn")
     calibration = _calibration()
     with PassContext(calibration=calibration) as ctx:
-        result = PruneFFN(ratio=0.5, correct=correct, scope="layer").call(model.clone(), ctx)
+        result = PruneFFN(ratio=0.5, correct=correct, reconstruct=reconstruct, scope="layer").call(model.clone(), ctx)
     pruned = result.model
+    assert result.stats.get("reconstructed_layers", 0) == (2 if reconstruct else 0)
     # Rebuild the masks the pass chose from the kept W1 columns.
-    stats = unit_stats(masked, calibration)
+    stats = unit_stats(masked, calibration, second_moments=reconstruct)
     masks, fills = [], []
     for before, after, stat in zip(masked.groups, find_unit_groups(pruned.ir, "ffn")[0], stats, strict=True):
         w1 = before.producer.inputs[1].const_value.numpy()
@@ -71,9 +74,33 @@ def test_pruned_equals_masked_reference(fused, correct):
         masks.append(mask)
         fills.append(stat.mean * (1 - mask) if correct else np.zeros_like(mask))
     assert [int(m.sum()) for m in masks] == [32, 32]
+    if reconstruct:
+        # The masked copy cannot express a row update: write it into W2 (removed rows
+        # zeroed) and the bias of a copy of the original, and mask nothing.
+        reference = model.clone()
+        for group, stat, mask in zip(find_unit_groups(reference.ir, "ffn")[0], stats, masks, strict=True):
+            delta, shift = least_squares_update(group.consumer_rows(), stat, mask)
+            assert np.abs(delta).max() > 1e-3  # the rows really change
+            w2 = group.consumer.inputs[1].const_value.numpy().astype(np.float64)
+            w2[mask == 1] += delta
+            w2[mask == 0] = 0.0
+            name = group.consumer.name
+            group.consumer.replace_input_with(1, new_initializer(reference.graph, f"w2_{name}", w2.astype(np.float32)))
+            found = consumer_bias(group)
+            if found is not None:  # the bias may be shared: a new initializer
+                bias_node, bias_index = found
+                bias = bias_node.inputs[bias_index].const_value.numpy() + shift
+                bias_node.replace_input_with(bias_index, new_initializer(reference.graph, f"b2_{name}", bias.astype(np.float32)))
+            else:  # fused: the bias went into SkipLayerNormalization; add the shift after W2
+                out = group.consumer.outputs[0]
+                users = list(out.uses())
+                add = ir.node("Add", [out, new_initializer(reference.graph, f"shift_{name}", shift.astype(np.float32))])
+                reference.graph.insert_after(group.consumer, add)
+                for user, index in users:
+                    user.replace_input_with(index, add.outputs[0])
     for seq, seed in ((16, 7), (5, 8)):  # dynamic sequence length
         feeds = _feeds(seq=seq, seed=seed)
-        expected = masked.run(feeds, masks, fills)[0][0]
+        expected = ort_outputs(reference, feeds)[0] if reconstruct else masked.run(feeds, masks, fills)[0][0]
         np.testing.assert_allclose(ort_outputs(pruned, feeds)[0], expected, atol=1e-4, rtol=0)
 
 
@@ -147,7 +174,7 @@ def test_gpt2_ffn_through_rank2_reshapes(fused):
     masked = UnitMaskedModel(model, "ffn")
     stats = unit_stats(masked, calibration)
     with PassContext(calibration=calibration) as ctx:
-        pruned = PruneFFN(ratio=0.25, scope="layer").call(model.clone(), ctx).model
+        pruned = PruneFFN(ratio=0.25, scope="layer", reconstruct=False).call(model.clone(), ctx).model
     after = find_unit_groups(pruned.ir, "ffn")[0]
     assert [g.width for g in after] == [96, 96]
     masks = []
@@ -158,3 +185,35 @@ def test_gpt2_ffn_through_rank2_reshapes(fused):
     fills = [s.mean * (1 - m) for s, m in zip(stats, masks, strict=True)]
     feeds = feeds_of(gpt2_inputs(seed=7))
     np.testing.assert_allclose(ort_outputs(pruned, feeds)[0], masked.run(feeds, masks, fills)[0][0], atol=1e-4, rtol=0)
+
+
+def test_least_squares_update_recovers_a_redundant_unit(monkeypatch):
+    # Unit 1 is twice unit 0: removing it, unit 0's row must take on 2 x unit 1's row, and
+    # the bias the mean of what is lost (with the ridge made negligible).
+    import greencc.passes.prune.unit_pruning as unit_pruning
+
+    monkeypatch.setattr(unit_pruning, "RECONSTRUCTION_RIDGE", 1e-9)
+    rng = np.random.default_rng(0)
+    a0, a2 = rng.normal(1.0, 1.0, size=500), rng.normal(size=500)
+    acts = np.stack([a0, 2 * a0, a2], axis=1)
+    rows = rng.normal(size=(3, 4))
+    stat = UnitStats(acts.mean(0), (acts ** 2).mean(0), acts.T @ acts / len(acts))
+    delta, shift = least_squares_update(rows, stat, np.array([1.0, 0.0, 1.0]))
+    np.testing.assert_allclose(delta, [2 * rows[1], np.zeros(4)], atol=1e-6)
+    np.testing.assert_allclose(shift, stat.mean[1] * rows[1] - stat.mean[0] * 2 * rows[1], atol=1e-6)
+    # The pruned layer now reproduces the original's output on these activations exactly.
+    kept = acts[:, [0, 2]] @ (rows[[0, 2]] + delta) + shift
+    np.testing.assert_allclose(kept, acts @ rows, atol=1e-6)
+
+
+def test_reconstruction_improves_held_out_fidelity():
+    model = tiny_bert_model()
+    calibration = [_feeds(seed=s) for s in range(8)]
+    held_out = [_feeds(seed=100 + s) for s in range(4)]
+    reference = [ort_outputs(model, f) for f in held_out]
+    cosines = {}
+    for reconstruct in (False, True):
+        with PassContext(calibration=calibration) as ctx:
+            pruned = PruneFFN(ratio=0.5, reconstruct=reconstruct, scope="layer").call(model.clone(), ctx).model
+        cosines[reconstruct] = measure_fidelity(reference, [ort_outputs(pruned, f) for f in held_out]).cosine_mean
+    assert 1 - cosines[True] < 1 - cosines[False], cosines
