@@ -115,17 +115,18 @@ def ort_contenders(workdir: Path, fused: Path, unfused: Path, calib: list[dict[s
     with warnings.catch_warnings(), contextlib.chdir(workdir):
         warnings.simplefilter("ignore")
         for source, tag in ((fused, "fused"), (unfused, "unfused")):
-            # ONNX Runtime's quantizer needs its pre-processing (shape inference) first.
-            # ONNX Runtime's symbolic shape inference gives up on the fused contrib ops
-            # ("Incomplete symbolic shape inference"); ONNX shape inference alone then.
+            # ONNX Runtime's quantizer needs its pre-processing (shape inference) first. Its
+            # symbolic shape inference gives up on the fused contrib ops ("Incomplete
+            # symbolic shape inference") unless told to merge and guess ranks; without it
+            # the histogram calibrators find no tensor with a known type ("Histogram has
+            # not been collected"). ONNX shape inference alone is the last resort.
             prepared[tag] = workdir / f"pre_{tag}.onnx"
-            for skip_symbolic in (False, True):
+            for options in ({"auto_merge": True, "guess_output_rank": True}, {}, {"skip_symbolic_shape": True}):
                 try:
-                    quant_pre_process(str(source), str(prepared[tag]), skip_optimization=True,
-                                      skip_symbolic_shape=skip_symbolic)
+                    quant_pre_process(str(source), str(prepared[tag]), skip_optimization=True, **options)
                     break
                 except Exception:
-                    prepared[tag] = source if skip_symbolic else prepared[tag]
+                    prepared[tag] = source if options.get("skip_symbolic_shape") else prepared[tag]
         for per_channel, label in ((False, ORT_DYNAMIC), (True, "ORT dynamic int8, fused model (per channel)")):
             out = workdir / f"ort_dynamic_pc{int(per_channel)}.onnx"
             try:
@@ -319,8 +320,9 @@ def main() -> None:
         "calls). Fidelity: cosine of mean-pooled embeddings against PyTorch fp32 (mean / min) over the evaluation "
         "sentences, NN@1 = same nearest neighbour among them as fp32. ORT's static quantizers and greencc's "
         "sensitivity analysis are calibrated on the disjoint calibration sentences; ORT's quantizers run on "
-        "`quant_pre_process(skip_optimization=True)`'s output (ONNX shape inference only where its symbolic shape "
-        "inference gives up on the fused ops) with `DefaultTensorType=FLOAT`, as its docs require. The fused "
+        "`quant_pre_process(skip_optimization=True, auto_merge=True, guess_output_rank=True)`'s output (its symbolic "
+        "shape inference gives up on the fused ops without the last two, and the histogram calibrators then find no "
+        "tensor to calibrate) with `DefaultTensorType=FLOAT`, as its docs require. The fused "
         "model is `onnxruntime.transformers.optimizer.optimize_model(model_type='bert')` on the legacy export."
     )
     write_section(TITLE, "\n\n".join([preamble, *body]))
