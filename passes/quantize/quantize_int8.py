@@ -236,7 +236,14 @@ class QuantPlan:
         on :meth:`samples`, run as the target runs it (ONNX Runtime, all optimizations).
 
         Padding-aware: outputs at positions an ``attention_mask`` input marks as padding
-        are left out (see :func:`_valid_positions`)."""
+        are left out (see :func:`_valid_positions`). After earlier lossy passes of a
+        verified pipeline (pruning), the comparison is the verification instrument's
+        instead — its samples, against the pipeline's *input* model — so the fallback
+        keeps the whole pipeline within the budget rather than being rolled back by it."""
+        earlier = _earlier_lossy_reference(self.ctx)
+        if earlier is not None:
+            samples, reference = earlier
+            return measure_fidelity(reference, _run(self.build(keep_float), samples, self.ctx))
         if self._reference is None:
             self._reference = _valid_positions(_run(self.original, self.samples(), self.ctx), self.samples())
         candidate = _valid_positions(_run(self.build(keep_float), self.samples(), self.ctx), self.samples())
@@ -329,6 +336,19 @@ def _valid_positions(outputs: list[list[np.ndarray]], samples: Sequence[dict[str
         keep = np.asarray(mask) != 0
         restricted.append([o[keep] if o.ndim >= 2 and o.shape[:2] == keep.shape else o for o in outs])
     return restricted
+
+
+def _earlier_lossy_reference(ctx: PassContext) -> tuple[list[dict[str, np.ndarray]], list[list[np.ndarray]]] | None:
+    """The verification instrument's samples and the pipeline input's outputs on them, when
+    this pass runs in a verified, budgeted pipeline after a lossy pass changed the model."""
+    from greencc.verify.instrument import VerifyInstrument
+
+    if not ctx.verify or ctx.budget is None:
+        return None
+    for instrument in ctx.instruments:
+        if isinstance(instrument, VerifyInstrument) and instrument.samples and instrument.current is not instrument.reference:
+            return list(instrument.samples), [list(r) for r in instrument.reference]
+    return None
 
 
 def _run(model: Model, samples: Sequence[dict[str, np.ndarray]], ctx: PassContext) -> list[list[np.ndarray]]:

@@ -37,3 +37,18 @@ def test_green_without_a_budget_declines_pruning_with_the_reason():
     _, report = gc.optimize(models.tiny_bert_model(), "green", dims=models.TINY_BERT_DIMS)
     reasons = {m["pass"]: m["reason"] for m in report.near_misses}
     assert "no ratio, count or budget given" in reasons["prune-heads"]
+
+
+def test_int8_fallback_counts_the_loss_of_pruning_before_it():
+    # After a lossy pass in a verified, budgeted pipeline, int8's sensitivity fallback
+    # judges against the pipeline's input (as verification will), not its own input: the
+    # all-int8 fidelity it reports includes the pruning's loss.
+    model = models.digits_cnn_model()
+    data = models.digits_data()
+    feeds = [{"image": data.train_x[i : i + 32]} for i in range(0, 128, 32)]
+    _, report = gc.optimize(model, "prune-channels{ratio=0.5},quantize-int8{fallback=sensitivity}", budget="cos=0.5",
+                            calibration=feeds)
+    prune, int8 = report.rows[1], report.rows[2]
+    assert prune.modified and prune.fidelity["cosine_min"] < 0.999
+    assert int8.rolled_back is None
+    assert int8.stats["sensitivity.min_cosine_all_int8"] <= prune.fidelity["cosine_min"] + 1e-4
