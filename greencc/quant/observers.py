@@ -428,8 +428,17 @@ class EntropyObserver(_HistogramObserver):
         self.levels = int(levels)
 
     def threshold(self) -> tuple[float, float]:
-        """(T, KL divergence at T) of the best candidate; T in the values' unit."""
+        """(T, KL divergence at T) of the best candidate; T in the values' unit.
+
+        A non-negative tensor (a ReLU's output) is quantized over ``[0, T]`` with uint8's
+        ``2·levels`` levels, and its first bin — the spike of exact zeros, which level 0
+        represents exactly — is left out of the divergence: with it, the search clipped
+        the digits CNN's conv1 output to 15% of its max (accuracy 0.95 -> 0.19)."""
         edges, counts = self.abs_hist.coarse(self.bins)
+        if self.min >= 0:
+            counts = counts.copy()
+            counts[0] = 0.0
+            return kl_threshold(edges, counts, 2 * self.levels)
         return kl_threshold(edges, counts, self.levels)
 
     def range(self) -> TensorRange:

@@ -240,6 +240,16 @@ def test_entropy_of_non_negative_data_starts_at_zero_and_keeps_a_bounded_range()
     assert float(r.hi) > 0.9 * float(uniform.max())  # nothing to clip in a uniform distribution
 
 
+def test_entropy_of_a_relu_output_is_not_dominated_by_its_zeros():
+    # Half exact zeros, half |N(0, 1)|: the zero spike is exact at level 0 and must not pull
+    # the threshold in (it did: to ~0.5 sigma); the tail still gets clipped a little.
+    rng = np.random.default_rng(9)
+    x = np.maximum(rng.standard_normal(1_000_000), 0.0).astype(np.float32)
+    r = _one_shot(EntropyObserver(), x)
+    assert float(r.lo) == 0.0
+    assert 2.5 < float(r.hi) <= float(x.max())
+
+
 def test_mse_beats_minmax_on_heavy_tailed_data():
     rng = np.random.default_rng(7)
     x = rng.standard_t(2.0, 300_000).astype(np.float32)  # heavy tails: max ~ hundreds of sigma
