@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,17 +105,19 @@ class Model:
         """Bytes of weights held in initializers."""
         return weights_nbytes(self.ir)
 
-    def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def check_feeds(self, feeds: Mapping[str, Any], specs: Sequence[TensorSpec] | None = None) -> dict[str, np.ndarray]:
         """Validate call-time ``feeds`` against the inputs; return them as numpy arrays.
 
-        Raises :class:`InputMismatchError` naming the missing, unknown or mismatched input.
+        ``specs``: the inputs' specs when the caller keeps them (they are recomputed from
+        the graph otherwise). Raises :class:`InputMismatchError` naming the missing,
+        unknown or mismatched input.
         """
         if not isinstance(feeds, Mapping):
             raise InputMismatchError(
                 f"feeds must be a mapping of input name to array, got {type(feeds).__name__}",
                 hint=f"call it as model({{{', '.join(repr(s.name) for s in self.inputs)}: ...}})",
             )
-        specs = {s.name: s for s in self.inputs}
+        specs = {s.name: s for s in (self.inputs if specs is None else specs)}
         unknown = sorted(set(feeds) - set(specs))
         if unknown:
             raise InputMismatchError(

@@ -431,8 +431,13 @@ class CompiledModel:
 
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Validate ``feeds`` against the signature; symbolic dims must agree across inputs."""
-        arrays = self.model.check_feeds(feeds)
-        _check_symbolic_dims(self.model.inputs, arrays)
+        # A compiled model's graph does not change: its input specs are computed once
+        # (they cost about a third of the check, which runs on every call).
+        cached = self.__dict__.get("_input_specs")
+        if cached is None or cached[0] is not self.model:
+            cached = self.__dict__["_input_specs"] = (self.model, self.model.inputs)
+        arrays = self.model.check_feeds(feeds, cached[1])
+        _check_symbolic_dims(cached[1], arrays)
         return arrays
 
     def _run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
