@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from greencc.cost.ops import OP_CLASSES, OpWork, ShapeUnknown, op_work, static_shape
@@ -285,17 +286,43 @@ def _sparsity(node: ir.Node, profile: HardwareProfile) -> tuple[float, int | Non
     exploits it: 2:4 on sparse tensor cores (half the MACs; values at half plus 2 bits of
     position per kept value), any zeros on zero-skipping hardware (MACs × density; values
     at density plus a 1-bit map). ``(1, None, 1)`` where the profile exploits none of it;
-    ``None`` for a dense node."""
+    ``None`` for a dense node.
+
+    The density is counted on the weight the node reads now, not taken from the record: a
+    fusion may have packed the sparse weight with others (Q, K and V into Attention's);
+    such a packed weight keeps the 2:4 credit only if it is still at most half dense."""
     record = get_meta(node, "sparsity")
     if not isinstance(record, dict):
         return None
-    density = float(record.get("density", 1.0))
     index = record.get("input")
-    if record.get("pattern") == "2:4" and profile.supports.get("sparsity_2_4"):
+    weight = node.inputs[index] if isinstance(index, int) and index < len(node.inputs) else None
+    if weight is None or weight.const_value is None or not weight.const_value.size:
+        return None  # the record came over in a fusion to a node that does not hold the weight
+    density = float(np.count_nonzero(weight.const_value.numpy())) / weight.const_value.size
+    if record.get("pattern") == "2:4" and profile.supports.get("sparsity_2_4") and density <= 0.5 + 1e-9:
         return 0.5, index, 0.5
     if profile.supports.get("zero_skipping"):
         return density, index, density
     return 1.0, None, 1.0
+
+
+def _weight_macs(node: ir.Node, index: int | None, macs: int) -> int:
+    """The part of ``node``'s MACs that multiply its weight input ``index`` (MACs): all of a
+    Conv's; for a dense product, rows × weight elements — a fused Attention also multiplies
+    activations (QKᵀ, AV), which sparsity of its weight does not touch."""
+    if index is None or index >= len(node.inputs) or node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+        return macs
+    weight, data = static_shape(node.inputs[index]), static_shape(node.inputs[0])
+    if not weight or not data:
+        return macs
+    reduction = weight[1] if node.op_type == "Gemm" and _attribute(node, "transB", 0) else weight[0]
+    rows = math.prod(data) // max(1, reduction)
+    return min(macs, rows * math.prod(weight))
+
+
+def _attribute(node: ir.Node, name: str, default: int) -> int:
+    attr = node.attributes.get(name)
+    return int(attr.value) if attr is not None else default
 
 
 def _estimate(
@@ -352,7 +379,8 @@ def _estimate(
         sparsity = _sparsity(node, profile)
         if sparsity is not None:
             sparse_nodes[sparsity[1] is not None] += 1
-            work.macs = round(work.macs * sparsity[0])
+            skipped = _weight_macs(node, sparsity[1], work.macs) * (1.0 - sparsity[0])
+            work.macs = round(work.macs - skipped)
 
         bytes_read = bytes_written = 0
         memory_s = dynamic_pj = 0.0

@@ -104,6 +104,20 @@ def test_cost_model_counts_sparsity_only_where_exploited():
     assert estimate_cost(unstructured, "asic-int8-systolic", dims=dims).total_macs < dense["asic-int8-systolic"].total_macs
 
 
+def test_fusion_after_sparsify_keeps_the_credit_exact():
+    # Q, K and V packed into one Attention weight: the sparsity credit must follow the
+    # weight (still 2:4), and must not halve the attention products QKᵀ and AV.
+    model = tiny_bert_model()
+    dims = {"batch": 1, "seq": 16}
+    sparse = Sparsify(pattern="2:4", min_size=256).call(model.clone(), PassContext()).model
+    fused = gc.optimize(sparse, "cleanup,fuse,dce", verify=False, dims=dims)[0]
+    assert fused.op_counts().get("com.microsoft::Attention", 0) == 2
+    dense_fused = gc.optimize(model, "cleanup,fuse,dce", verify=False, dims=dims)[0]
+    saved_unfused = estimate_cost(model, "nvidia-h100", dims=dims).total_macs - estimate_cost(sparse, "nvidia-h100", dims=dims).total_macs
+    saved_fused = estimate_cost(dense_fused, "nvidia-h100", dims=dims).total_macs - estimate_cost(fused, "nvidia-h100", dims=dims).total_macs
+    assert saved_unfused > 0 and saved_fused == saved_unfused
+
+
 def test_declines_with_reasons():
     model = _one_matmul(np.ones((6, 4), np.float32))
     with PassContext() as ctx:
