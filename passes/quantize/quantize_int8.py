@@ -52,7 +52,9 @@ class QuantizeInt8(Pass):
     nodes to leave alone. ``outlier_ratio=R`` (dynamic MatMul/Gemm) runs the input
     channels whose calibrated max |x| exceeds R × the median channel's in float beside the
     int8 product (LLM.int8()'s decomposition; at most 8 per layer), so they no longer
-    stretch the activation's int8 range. ``fallback=sensitivity`` keeps the layers that
+    stretch the activation's int8 range; with ``outliers=as-needed`` (and a fallback) a
+    split is kept only where the budget needs it — each costs a masking Mul, a Gather, a
+    small float MatMul and an Add per call. ``fallback=sensitivity`` keeps the layers that
     cost the most fidelity per energy saved in float until the run's fidelity budget
     (default cos=0.99, scored on unpadded positions) holds on the calibration data.
     Stats: sites quantized per kind, weight bytes saved, estimated energy saved, layers
@@ -70,9 +72,13 @@ class QuantizeInt8(Pass):
     fallback: Literal["none", "sensitivity"] = "none"
     keep_float: str = ""
     outlier_ratio: float = 0.0
+    outliers: Literal["always", "as-needed"] = "always"
 
     def call(self, model: Model, ctx: PassContext) -> PassResult:
         """Find the sites, optionally choose float fallbacks, rewrite the rest."""
+        if self.outliers == "as-needed" and self.fallback != "sensitivity":
+            raise UsageError("quantize-int8: outliers=as-needed decides by the sensitivity fallback's budget",
+                             hint="add fallback=sensitivity, or use outliers=always")
         ops = parse_ops(self.ops)
         kernels = target_int8_kernels(ctx.target)
         ensure_types(model.ir)
@@ -128,10 +134,13 @@ class QuantPlan:
         if options.outlier_ratio > 0 and options.mode == "dynamic":
             self._find_outliers(sites)
         self.weights: dict[str, QuantizedWeight] = {}
+        self.unsplit_weights: dict[str, QuantizedWeight] = {}  # outlier sites run without the split
+        self.unsplit: frozenset[str] = frozenset()  # outlier sites the plan runs unsplit
         for site in sites:
             axis = site.channel_axis if options.per_channel else None
             w = site.weight_array
             if site.name in self.outliers:  # those rows run in float beside the int8 product
+                self.unsplit_weights[site.name] = quantize_weight(w, axis, options.symmetric)
                 w = w.copy()
                 if site.kind == "Gemm" and site.channel_axis == 0:
                     w[:, self.outliers[site.name]] = 0.0
@@ -184,9 +193,11 @@ class QuantPlan:
                 self.output_params[out.name] = quant_params(ranges[out.name][self.options.method], "uint8", symmetric=False)
 
     # -- building ------------------------------------------------------------------------
-    def apply(self, model: Model, keep_float: frozenset[str]) -> list[str]:
-        """Quantize every planned site of ``model`` (in place) except ``keep_float``;
+    def apply(self, model: Model, keep_float: frozenset[str], unsplit: frozenset[str] | None = None) -> list[str]:
+        """Quantize every planned site of ``model`` (in place) except ``keep_float``, the
+        outlier sites in ``unsplit`` (default: the plan's) without their float split;
         returns the names quantized."""
+        unsplit = self.unsplit if unsplit is None else unsplit
         by_name = {s.name: s for s in find_sites(model.graph, (*self.kinds.values(),),
                                                  target_int8_kernels(self.ctx.target), mode=self.options.mode)[0]}
         emitter = Emitter(model.ir, model.graph)
@@ -195,7 +206,9 @@ class QuantPlan:
             site = by_name.get(name)
             if site is None or name in keep_float:
                 continue
-            if self.options.mode == "dynamic":
+            if self.options.mode == "dynamic" and name in unsplit:
+                emitter.dynamic(site, self.unsplit_weights[name], None)
+            elif self.options.mode == "dynamic":
                 emitter.dynamic(site, self.weights[name], self.outliers.get(name))
             else:
                 scale, zero_point = self.activation_params[site.activation.name]
@@ -210,10 +223,11 @@ class QuantPlan:
         self.inserted_nodes = emitter.inserted_nodes
         return done
 
-    def build(self, keep_float: frozenset[str]) -> Model:
-        """A quantized clone of the input model with ``keep_float`` left in float."""
+    def build(self, keep_float: frozenset[str], unsplit: frozenset[str] | None = None) -> Model:
+        """A quantized clone of the input model with ``keep_float`` left in float (and the
+        outlier sites in ``unsplit`` without their split; default: the plan's)."""
         clone = self.original.clone()
-        self.apply(clone, keep_float)
+        self.apply(clone, keep_float, unsplit)
         return clone
 
     # -- fidelity ------------------------------------------------------------------------
@@ -231,7 +245,7 @@ class QuantPlan:
                                  for i in range(RANDOM_SAMPLES)]
         return self._samples
 
-    def score(self, keep_float: frozenset[str]) -> Fidelity:
+    def score(self, keep_float: frozenset[str], unsplit: frozenset[str] | None = None) -> Fidelity:
         """Fidelity of the model quantized except ``keep_float`` against the float model,
         on :meth:`samples`, run as the target runs it (ONNX Runtime, all optimizations).
 
@@ -243,10 +257,10 @@ class QuantPlan:
         earlier = _earlier_lossy_reference(self.ctx)
         if earlier is not None:
             samples, reference = earlier
-            return measure_fidelity(reference, _run(self.build(keep_float), samples, self.ctx))
+            return measure_fidelity(reference, _run(self.build(keep_float, unsplit), samples, self.ctx))
         if self._reference is None:
             self._reference = _valid_positions(_run(self.original, self.samples(), self.ctx), self.samples())
-        candidate = _valid_positions(_run(self.build(keep_float), self.samples(), self.ctx), self.samples())
+        candidate = _valid_positions(_run(self.build(keep_float, unsplit), self.samples(), self.ctx), self.samples())
         return measure_fidelity(self._reference, candidate)
 
     def sensitivity(self) -> SensitivityReport:
@@ -254,7 +268,22 @@ class QuantPlan:
         energy = self.energy_saved()
         layers = [LayerSensitivity(name, self.kinds[name], energy.get(name, 0.0)) for name in self.site_names]
         budget = self.ctx.budget if self.ctx.budget is not None and self.ctx.budget.min_cosine is not None else DEFAULT_BUDGET
-        return choose_float_layers(layers, self.score, budget)
+        report = choose_float_layers(layers, self.score, budget)
+        if self.options.outliers == "as-needed" and not report.kept_float:
+            self.unsplit = self._drop_splits(budget, frozenset(report.kept_float))
+        return report
+
+    def _drop_splits(self, budget: FidelityBudget, keep_float: frozenset[str]) -> frozenset[str]:
+        """The outlier splits the budget does not need: dropped one at a time, the layer
+        with the fewest outlier channels first, while the budget still holds."""
+        unsplit: frozenset[str] = frozenset()
+        for name in sorted(self.outliers, key=lambda n: (len(self.outliers[n]), self.site_names.index(n))):
+            if name in keep_float:
+                continue
+            trial = unsplit | {name}
+            if budget.check(self.score(keep_float, trial)) is None:
+                unsplit = trial
+        return unsplit
 
     # -- energy --------------------------------------------------------------------------
     def energy_saved(self) -> dict[str, float]:
@@ -278,7 +307,9 @@ class QuantPlan:
     def stats(self, applied: Sequence[str], keep_float: frozenset[str]) -> dict[str, int | float]:
         """Ledger counters of the rewrite that was applied."""
         stats: dict[str, int | float] = {"quantized": len(applied), "float_fallback": len(keep_float)}
-        split = [n for n in applied if n in self.outliers]
+        split = [n for n in applied if n in self.outliers and n not in self.unsplit]
+        if self.unsplit:
+            stats["outlier_splits_dropped"] = len(self.unsplit)
         if split:
             stats["outlier_split_layers"] = len(split)
             stats["outlier_channels_in_float"] = int(sum(len(self.outliers[n]) for n in split))

@@ -269,6 +269,23 @@ def test_outlier_channels_run_in_float_beside_the_int8_product():
     assert split.cosine_min > 0.999 > whole.cosine_min
 
 
+@pytest.mark.parametrize(("budget", "dropped"), [("cos=0.5", True), ("cos=0.999", False)])
+def test_outlier_split_kept_only_where_the_budget_needs_it(monkeypatch, budget, dropped):
+    from greencc.passes.quantize.quantize_int8 import QuantPlan
+    from greencc.verify.fidelity import FidelityBudget
+
+    # int8 must pay on this tiny layer for the fallback to keep it int8 at all.
+    monkeypatch.setattr(QuantPlan, "energy_saved", lambda self: {name: 1.0 for name in self.site_names})
+    model, calibration = _outlier_matmul()
+    ctx = PassContext(target="ort-cpu", calibration=calibration, budget=FidelityBudget.parse(budget))
+    with ctx:
+        result = get_pass_class("quantize-int8")(outlier_ratio=10.0, fallback="sensitivity", outliers="as-needed").call(model, ctx)
+    assert result.stats["quantized"] == 1
+    assert result.stats.get("outlier_splits_dropped", 0) == (1 if dropped else 0)
+    assert ("Gather" in ops(model)) == (not dropped)
+    assert result.stats.get("outlier_split_layers", 0) == (0 if dropped else 1)
+
+
 def test_sensitivity_scores_only_unpadded_positions():
     from greencc.passes.quantize.quantize_int8 import _valid_positions
 
