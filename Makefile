@@ -1,11 +1,12 @@
 # greencc: `make demo` compiles the bundled MiniLM and prints its ledger; `make test` runs
-# the test suite. Both create .venv and install what they need on a fresh machine.
+# the test suite; `make test-aarch64` checks tvm-aarch64 under qemu-user. They create .venv
+# and install what they need on a fresh machine.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-aarch64 lint venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadfile tests
+
+# tvm-aarch64 under emulation: installs the cross gcc and qemu-user (apt-get, as root),
+# builds the arm64 root once (~/.cache/greencc/aarch64-root), then runs the opt-in tests.
+test-aarch64: $(STAMP)
+	PYTHON=$(PY) scripts/setup_aarch64_emulation.sh
+	GREENCC_TEST_AARCH64=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/targets/test_tvm_aarch64.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check greencc passes targets tests examples benchmarks

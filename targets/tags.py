@@ -10,8 +10,8 @@ from __future__ import annotations
 # tag -> (target name, hardware profile name)
 TAGS: dict[str, tuple[str, str]] = {
     "x86-avx512": ("ort-cpu", "x86-avx512"),
-    # ONNX Runtime's CPU provider until a TVM AArch64 target is registered.
-    "arm-cortex-a76": ("ort-cpu", "arm-cortex-a76"),
+    # TVM cross-compiling for the Cortex-A76 (run under qemu-user on other machines).
+    "arm-cortex-a76": ("tvm-aarch64", "arm-cortex-a76"),
     "nvidia-h100": ("cuda-inductor", "nvidia-h100"),
     "asic-int8-systolic": ("asic-int8", "asic-int8-systolic"),
 }
