@@ -136,6 +136,8 @@ def render_report(report: Report, width: int = 140) -> str:
         if base:
             line += f"; original model {base['median_ms']:.3f} ms"
         console.print(line)
+    if report.simulated:
+        console.print(_simulated_line(report.simulated), markup=False)
     figures = report.energy_figures()
     if figures:
         console.print(f"energy and carbon per inference, original -> final; {report.factors().describe()}:",
@@ -143,6 +145,18 @@ def render_report(report: Report, width: int = 140) -> str:
         for figure in figures:
             console.print("  " + _energy_line(figure), markup=False)
     return buffer.getvalue()
+
+
+def _simulated_line(sim: dict) -> str:
+    """The simulator's figures of the last run, and what the host ran instead."""
+    levels = ", ".join(f"{level} {count / 1e6:.3f}" for level, count in sim.get("bytes_by_level", {}).items())
+    line = (f"simulated ({sim.get('profile', '?')}, {sim.get('array', '?')} array): {sim.get('cycles', 0):,} cycles = "
+            f"{sim.get('simulated_ms', 0.0):.4f} ms, {sim.get('macs', 0) / 1e9:.4f} GMAC, "
+            f"{sim.get('energy_mj', 0.0):.4f} mJ; MB moved: {levels}")
+    host = sim.get("host") or {}
+    if host:
+        line += f"\n  host CPU ran {len(host)} node(s) the accelerator does not (report.json lists why)"
+    return line
 
 
 # Per-item stats (a key with a space: "rank03 <layer> cos_loss", "head 2.5 score") are

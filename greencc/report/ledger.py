@@ -104,6 +104,10 @@ class Report:
     measured_energy: dict[str, Any] | None = None
     baseline_measured: dict[str, Any] | None = None
     carbon_factors: dict[str, Any] | None = None
+    # A simulating target's figures for the compiled model's last run (asic-int8:
+    # cycles, simulated_ms, macs, bytes_by_level, energy_mj, its "label", and the nodes
+    # the host ran with why); None when the target does not simulate or has not run.
+    simulated: dict[str, Any] | None = None
     near_misses: list[dict[str, str]] = field(default_factory=list)
     greencc_version: str = ""
     created: str = ""
@@ -150,8 +154,8 @@ class Report:
     def energy_figures(self) -> list[dict[str, Any]]:
         """Energy per inference of the original and the final model, one entry per method.
 
-        Each entry: ``kind`` (``estimate`` or ``measured``), ``method`` (``model:cost``,
-        ``rapl``, ``nvml``, ``estimate:cpu-time×tdp``), ``label`` (method and source in
+        Each entry: ``kind`` (``estimate``, ``simulated`` or ``measured``), ``method``
+        (``model:cost``, ``simulated``, ``rapl``, ``nvml``, ``estimate:cpu-time×tdp``), ``label`` (method and source in
         words), ``original_mj`` / ``final_mj`` (mJ per inference; ``None`` when not known),
         ``ratio`` (final / original) and ``original_g_per_1k`` / ``final_g_per_1k`` (gCO2e
         per 1,000 inferences at :meth:`factors`).
@@ -177,6 +181,10 @@ class Report:
             add("estimate", "model:cost", self.energy_method or f"estimate: model:cost({profile})",
                 self.rows[0].est_energy_mj, self.rows[-1].est_energy_mj,
                 {"profile": profile})
+        if self.simulated and self.simulated.get("energy_mj") is not None:
+            add("simulated", "simulated", self.simulated.get("label", "simulated"), None,
+                self.simulated["energy_mj"], {"cycles": self.simulated.get("cycles"),
+                                               "simulated_ms": self.simulated.get("simulated_ms")})
         final = self.measured_energy
         baseline = (self.baseline_measured or {}).get("energy")
         if final or baseline:

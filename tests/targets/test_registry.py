@@ -78,10 +78,11 @@ def test_unknown_target_suggests_close_names():
         resolve_target(42)
 
 
-@pytest.mark.parametrize("tag", ["x86-avx512", "arm-cortex-a76"])
-def test_cpu_tags_resolve_to_ort_cpu_with_their_profile(tag):
+@pytest.mark.parametrize(("tag", "name"), [("x86-avx512", "ort-cpu"), ("arm-cortex-a76", "tvm-aarch64")])
+def test_cpu_tags_resolve_to_their_target_with_their_profile(tag, name):
     target = resolve_target(tag, threads=1)
-    assert isinstance(target, OrtCpu)
+    assert target.name == name
+    assert isinstance(target, OrtCpu) == (name == "ort-cpu")
     assert target.selected_profile_name == TAGS[tag][1] == tag
     assert target.options["threads"] == 1
     assert resolve_target(tag, profile="nvidia-h100").selected_profile_name == "nvidia-h100"
@@ -95,6 +96,8 @@ def test_tag_of_an_unregistered_target_is_unavailable(registry, tag, missing):
 
 
 def test_tag_resolves_once_its_target_is_registered(registry):
+    registry.pop("asic-int8", None)
+
     @register_target("asic-int8")
     class FakeAsic(Target):
         """Stands in for the ASIC target."""
