@@ -13,12 +13,19 @@ from typing import Any
 def fuse_passes(target: Any) -> list[Any]:
     """Relax passes up to fused TIR kernels (the form tuning and scheduling work on)."""
     from tvm import relax
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    from greencc.targets.tvm_schedules import fast_math_legalizations
+
+    # TVM's CPU legalization (relax.backend.cpu_generic.legalize_passes), with erf/exp/GELU/
+    # softmax legalized to vectorizable polynomials instead of scalar libm calls.
     return [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
-        *cpu.legalize_passes(target),
+        relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalizations()),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
     ]
 
 
