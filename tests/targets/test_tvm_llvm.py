@@ -217,3 +217,18 @@ def test_running_a_tvm_model_leaves_the_process_cpu_affinity_alone():
     thread.start()
     thread.join()
     assert seen["cpus"] == before
+
+
+def test_the_runtime_pool_runs_as_many_threads_as_asked():
+    # TVM sizes its pool at start to half the cores on x86 (assuming hyper-threads) and
+    # cannot grow it later: on a 2-vCPU machine every kernel ran on one thread.
+    import os
+
+    import tvm
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 usable cores")
+    model = models.digits_cnn_model()
+    compiled = gc.compile(model, "tvm-llvm", "-O2", dims={"batch": 1}, threads=2, verify=False)
+    compiled(random_feeds(compiled.model, seed=0, dims={"batch": 1}))
+    assert tvm.get_global_func("runtime.NumThreads")() == 2
