@@ -24,7 +24,7 @@ import numpy as np
 
 import greencc as gc
 from benchmarks.common import ROOT, Row, table, write_section
-from benchmarks.fusion import time_paired
+from benchmarks.fusion import paired_ratio, time_paired
 from greencc.cost.estimate import estimate_cost
 from greencc.measure.energy import measure_energy
 from greencc.measure.latency import LatencyStats
@@ -273,6 +273,10 @@ def main() -> None:
                         note=f"{est.total_macs / 1e9:.3f} GMAC, est. {est.energy_mj:.0f} mJ, "
                              f"{'measured' if energy.measured else 'estimated'} ({energy.method}) {energy.j_per_inference * 1e3:.0f} mJ/inference"))
     latency_table = table(rows, "original")
+    if "green" in samples and "-O3" in samples:
+        median, low, high = paired_ratio(samples, "green", "-O3")
+        latency_table += (f"\n\ngreen / -O3, timed in the same turns: median {median:.3f} "
+                          f"(p10–p90 {low:.3f}–{high:.3f}) over {len(samples['green'])} turns")
 
     ours = losses[("heads:ablation", 0.25)]
     verdict = (
@@ -288,7 +292,8 @@ def main() -> None:
         f"(`{EVALUATION_TEXT.relative_to(ROOT)}`), disjoint. Fidelity compares mean-pooled sentence "
         "embeddings with the unpruned model's; NN@1 is the fraction of evaluation sentences whose nearest "
         "other sentence is unchanged. Heads and FFN neurons are ranked globally by score (FFN: the "
-        "removed neurons' mean folded into the W2 bias). MACs from the cost model "
+        "removed neurons' mean folded into the W2 bias; with reconstruction the kept W2 rows are also re-fitted "
+        "by ridge least squares on the calibration tokens). MACs from the cost model "
         f"(profile {PROFILE}, uncalibrated) and whether they equal the analytic count of the pruned shape.",
         verdict,
         "| pruned | ratio | score | cos mean | cos min | NN@1 | GMAC | analytic MACs match | est. mJ |\n"
