@@ -32,11 +32,11 @@ from greencc.targets.tvm_llvm import (
     LIBRARY_FILE,
     MODEL_FILE,
     TARGET_FILE,
-    TARGET_FILE_MAX_BYTES,
     TvmLlvm,
     _dims_for,
     _last_line,
     _positive_int,
+    read_artifact_meta,
 )
 
 if TYPE_CHECKING:
@@ -262,22 +262,9 @@ class TvmAarch64CompiledModel(CompiledModel):
     def _load_artifact(cls, directory: Path, manifest: dict[str, Any]) -> TvmAarch64CompiledModel:
         from greencc.frontend.onnx_file import load
 
-        for name in (LIBRARY_FILE, MODEL_FILE, TARGET_FILE):
-            if name not in manifest["files"] or not (directory / name).is_file():
-                raise ModelLoadError(
-                    f"{directory}: artifact file '{name}' is missing",
-                    hint="the artifact is incomplete; compile again",
-                )
-        meta_path = directory / TARGET_FILE
-        try:
-            if meta_path.stat().st_size > TARGET_FILE_MAX_BYTES:
-                raise ValueError(f"{meta_path.stat().st_size} bytes is too large")
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ModelLoadError(f"{meta_path} is not valid: {exc}", hint="compile again") from None
-        spec = meta.get("target") if isinstance(meta, dict) else None
-        if not isinstance(spec, dict) or not str(spec.get("mtriple", "")).startswith("aarch64"):
-            raise ModelLoadError(f"{meta_path} does not describe an AArch64 target", hint="compile again")
+        meta, spec = read_artifact_meta(directory, manifest)
+        if not str(spec.get("mtriple", "")).startswith("aarch64"):
+            raise ModelLoadError(f"{directory / TARGET_FILE} does not describe an AArch64 target", hint="compile again")
         check_aarch64_elf(directory / LIBRARY_FILE)
         # A private copy: saving another artifact over this directory must not pull the
         # library from under a worker that starts later.

@@ -128,28 +128,11 @@ class TvmCompiledModel(CompiledModel):
 
     @classmethod
     def _load_artifact(cls, directory: Path, manifest: dict[str, Any]) -> TvmCompiledModel:
-        import json
-
         import tvm
 
         from greencc.frontend.onnx_file import load
 
-        for name in (LIBRARY_FILE, MODEL_FILE, TARGET_FILE):
-            if name not in manifest["files"] or not (directory / name).is_file():
-                raise ModelLoadError(
-                    f"{directory}: artifact file '{name}' is missing",
-                    hint="the artifact is incomplete; compile again",
-                )
-        meta_path = directory / TARGET_FILE
-        try:
-            if meta_path.stat().st_size > TARGET_FILE_MAX_BYTES:
-                raise ValueError(f"{meta_path.stat().st_size} bytes is too large")
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ModelLoadError(f"{meta_path} is not valid: {exc}", hint="compile again") from None
-        spec = meta.get("target") if isinstance(meta, dict) else None
-        if not isinstance(spec, dict):
-            raise ModelLoadError(f"{directory}/{TARGET_FILE} has no target", hint="compile again")
+        meta, spec = read_artifact_meta(directory, manifest)
         _check_host_can_run(spec, directory)
         try:
             with tvm_env.native_warnings_captured():
@@ -164,6 +147,31 @@ class TvmCompiledModel(CompiledModel):
             options=manifest["options"], profile_name=manifest.get("profile"),
             compile_s=meta.get("compile_s"), tuning=meta.get("tuning"),
         )
+
+
+def read_artifact_meta(directory: Path, manifest: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check a TVM artifact's files are all there and read its ``tvm_target.json`` (an
+    untrusted input: size-capped); returns the metadata and its target spec, or raises
+    ``ModelLoadError`` saying what is missing or invalid."""
+    import json
+
+    for name in (LIBRARY_FILE, MODEL_FILE, TARGET_FILE):
+        if name not in manifest["files"] or not (directory / name).is_file():
+            raise ModelLoadError(
+                f"{directory}: artifact file '{name}' is missing",
+                hint="the artifact is incomplete; compile again",
+            )
+    meta_path = directory / TARGET_FILE
+    try:
+        if meta_path.stat().st_size > TARGET_FILE_MAX_BYTES:
+            raise ValueError(f"{meta_path.stat().st_size} bytes is too large")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{meta_path} is not valid: {exc}", hint="compile again") from None
+    spec = meta.get("target") if isinstance(meta, dict) else None
+    if not isinstance(spec, dict):
+        raise ModelLoadError(f"{directory}/{TARGET_FILE} has no target", hint="compile again")
+    return meta, spec
 
 
 def _check_host_can_run(spec: Mapping[str, Any], directory: Path) -> None:
