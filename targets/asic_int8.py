@@ -301,7 +301,7 @@ class AsicInt8(Target):
         from greencc.ir.shapes import symbolic_dims
         from greencc.targets.asic_graph import accelerator_proto, node_names, plan
         from greencc.targets.asic_relax import register_packed_function, to_relax
-        from greencc.targets.tvm_build import build_executable, fused_module
+        from greencc.targets.tvm_build import build_checked, fused_module
         from greencc.targets.tvm_import import tvm_supported_ops
 
         self.require_available()
@@ -323,14 +323,7 @@ class AsicInt8(Target):
             relax_mod = to_relax(accelerator_proto(proto, placement), calls)
         spec = tvm_env.llvm_target_spec(self.options["threads"], self.options["mcpu"])
         target = tvm_env.make_target(spec)
-        try:
-            with tvm_env.native_warnings_captured():
-                executable = build_executable(fused_module(relax_mod, target), target)
-        except GreenccError:
-            raise
-        except Exception as exc:
-            raise GreenccError(f"TVM failed to build the host part for {spec['mcpu']}: {type(exc).__name__}: {exc}",
-                               hint="please report it with the model; compile for ort-cpu meanwhile") from None
+        executable = build_checked(fused_module(relax_mod, target), target, f"the host part for {spec['mcpu']}")
         compiled = AsicCompiledModel(
             self.name, prepared, executable, calls=placement.calls, host_nodes=placement.host,
             hardware=self.profile, target_spec=spec, options=self.options,

@@ -168,26 +168,10 @@ def importer_class(calls: Mapping[int, AsicCall]) -> type:
 
 def to_relax(proto: Any, calls: Mapping[int, AsicCall]) -> Any:
     """Import an accelerator proto (``asic_graph.accelerator_proto``) into a Relax module."""
-    import contextlib as _contextlib
-    import io
-    import warnings
+    from greencc.targets.tvm_import import import_proto
 
-    import onnx
-
-    from greencc.errors import UnsupportedOpError
-    from greencc.targets.tvm_import import _NodeImportError
-
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    importer = importer_class(calls)({}, {}, keep_params_in_input=False, sanitize=True)
-    with warnings.catch_warnings(), _contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            return importer.from_onnx(proto.graph, opset or onnx.defs.onnx_opset_version())
-        except _NodeImportError as exc:
-            raise UnsupportedOpError(
-                f"TVM cannot import node '{exc.node}' (op '{exc.op}') for the host CPU: {exc.cause}",
-                hint="rewrite the node with a pass, or compile for ort-cpu, which runs it",
-            ) from None
+    return import_proto(proto, importer_class(calls), where=" for the host CPU",
+                        hint="rewrite the node with a pass, or compile for ort-cpu, which runs it")
 
 
 __all__ = ["AcceleratorSession", "PACKED_FUNC", "active", "importer_class", "output_types",

@@ -34,7 +34,6 @@ from greencc.targets.tvm_llvm import (
     TARGET_FILE,
     TvmLlvm,
     _dims_for,
-    _last_line,
     _positive_int,
     read_artifact_meta,
 )
@@ -203,7 +202,7 @@ class TvmAarch64CompiledModel(CompiledModel):
                     library = tvm.runtime.load_module(str(self.library.path))
             except Exception as exc:
                 raise ModelLoadError(
-                    f"{self.library.path} cannot be loaded: {_last_line(exc)}",
+                    f"{self.library.path} cannot be loaded: {tvm_env.last_line(exc)}",
                     hint="it was built by another TVM version; compile again here",
                 ) from None
             self._main = relax.VirtualMachine(library, tvm.cpu())["main"]
@@ -212,7 +211,7 @@ class TvmAarch64CompiledModel(CompiledModel):
             result = self._main(*[tvm.runtime.tensor(a) for a in ordered])
         except Exception as exc:
             raise GreenccError(
-                f"the TVM-compiled model failed while running: {_last_line(exc)}",
+                f"the TVM-compiled model failed while running: {tvm_env.last_line(exc)}",
                 hint="please report it with the model; compile for ort-cpu meanwhile",
             ) from None
         values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
@@ -351,7 +350,7 @@ class TvmAarch64(Target):
             )
         from tvm.target.codegen import llvm_is_valid_cpu
 
-        from greencc.targets.tvm_build import build_executable, fused_module
+        from greencc.targets.tvm_build import build_checked, fused_module
         from greencc.targets.tvm_import import prepare_for_tvm, to_relax
 
         spec = self.target_spec()
@@ -363,17 +362,7 @@ class TvmAarch64(Target):
         with tvm_env.native_warnings_captured():
             relax_mod = to_relax(prepared)
         target = tvm_env.make_target(spec)
-        try:
-            with tvm_env.native_warnings_captured():
-                executable = build_executable(fused_module(relax_mod, target), target)
-        except GreenccError:
-            raise
-        except Exception as exc:
-            raise GreenccError(
-                f"TVM failed to build the model for AArch64 ({spec['mcpu']}): "
-                f"{type(exc).__name__}: {_last_line(exc)}",
-                hint="please report it with the model; compile for ort-cpu meanwhile",
-            ) from None
+        executable = build_checked(fused_module(relax_mod, target), target, f"the model for AArch64 ({spec['mcpu']})")
         library = self._link(executable)
         return TvmAarch64CompiledModel(
             self.name, prepared, library, target_spec=spec, options=self.options,
@@ -393,7 +382,7 @@ class TvmAarch64(Target):
             if isinstance(exc, GreenccError):
                 raise
             raise GreenccError(
-                f"linking the AArch64 library with '{self.options['cc']}' failed: {_last_line(exc)}",
+                f"linking the AArch64 library with '{self.options['cc']}' failed: {tvm_env.last_line(exc)}",
                 hint=f"check the cross toolchain ({TOOLCHAIN_INSTALL})",
             ) from None
         return _LibraryFile(path, temporary_dir=directory)

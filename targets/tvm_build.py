@@ -65,4 +65,22 @@ def build_executable(mod: Any, target: Any, database: Any = None) -> Any:
     return tvm.compile(mod, target=target, relax_pipeline=pipeline)
 
 
-__all__ = ["build_executable", "fuse_passes", "fused_module"]
+def build_checked(mod: Any, target: Any, what: str, database: Any = None) -> Any:
+    """:func:`build_executable` with TVM's native output captured; a failure other than
+    greencc's own errors becomes a ``GreenccError`` saying TVM failed to build ``what``."""
+    from greencc.errors import GreenccError
+    from greencc.targets import tvm_env
+
+    try:
+        with tvm_env.native_warnings_captured():
+            return build_executable(mod, target, database)
+    except GreenccError:
+        raise
+    except Exception as exc:
+        raise GreenccError(
+            f"TVM failed to build {what}: {type(exc).__name__}: {tvm_env.last_line(exc)}",
+            hint="please report it with the model; compile for ort-cpu meanwhile",
+        ) from None
+
+
+__all__ = ["build_checked", "build_executable", "fuse_passes", "fused_module"]

@@ -141,6 +141,12 @@ def set_runtime_threads(threads: int) -> None:
         )
 
 
+def last_line(exc: BaseException) -> str:
+    """The last non-empty line of an exception's text: where TVM says what failed."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
 @contextlib.contextmanager
 def native_warnings_captured() -> Iterator[list[str]]:
     """Capture what TVM's C++ code writes to stderr (fd 2) while the block runs.

@@ -81,16 +81,27 @@ def to_relax(model: Model) -> Any:
     Weights become constants of the module. Raises ``UnsupportedOpError`` naming the node
     and op when TVM fails to convert one, and ``GreenccError`` for any other import failure.
     """
-    import onnx
-
     from greencc.ir import to_self_contained_proto
 
     check_importable(model)
-    proto = to_self_contained_proto(model.ir)
+    return import_proto(
+        to_self_contained_proto(model.ir), _importer_class(),
+        hint="rewrite the node with a pass (static shapes via --dim help Reshape and Expand), or compile "
+        "for ort-cpu, which runs it",
+    )
+
+
+def import_proto(proto: Any, importer_class: type, *, where: str = "", hint: str) -> Any:
+    """Run ``importer_class`` (TVM's ONNX importer, or a subclass built on
+    :func:`_importer_class`) on a self-contained ONNX ``proto``; an op conversion failure
+    becomes ``UnsupportedOpError`` naming the node and op (``where`` is added after the op,
+    ``hint`` says what to do)."""
+    import onnx
+
     opset = next(
         (o.version for o in proto.opset_import if o.domain in _ONNX_DOMAINS), None
     )
-    importer = _importer_class()({}, {}, keep_params_in_input=False, sanitize=True)
+    importer = importer_class({}, {}, keep_params_in_input=False, sanitize=True)
     # The importer prints its own traceback notes to stdout and warns on checker nits.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -98,9 +109,7 @@ def to_relax(model: Model) -> Any:
             return importer.from_onnx(proto.graph, opset or onnx.defs.onnx_opset_version())
         except _NodeImportError as exc:
             raise UnsupportedOpError(
-                f"TVM cannot import node '{exc.node}' (op '{exc.op}'): {exc.cause}",
-                hint="rewrite the node with a pass (static shapes via --dim help Reshape and "
-                "Expand), or compile for ort-cpu, which runs it",
+                f"TVM cannot import node '{exc.node}' (op '{exc.op}'){where}: {exc.cause}", hint=hint,
             ) from None
         except GreenccError:
             raise
@@ -140,4 +149,4 @@ def _importer_class() -> type:
     return NodeNamingImporter
 
 
-__all__ = ["check_importable", "prepare_for_tvm", "to_relax", "tvm_supported_ops", "unsupported_nodes"]
+__all__ = ["check_importable", "import_proto", "prepare_for_tvm", "to_relax", "tvm_supported_ops", "unsupported_nodes"]

@@ -88,7 +88,7 @@ class TvmCompiledModel(CompiledModel):
             result = self._main(*args)
         except Exception as exc:  # feeds were checked already: this is TVM's own failure
             raise GreenccError(
-                f"the TVM-compiled model failed while running: {_last_line(exc)}",
+                f"the TVM-compiled model failed while running: {tvm_env.last_line(exc)}",
                 hint="please report it with the model; compile for ort-cpu meanwhile",
             ) from None
         outputs = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
@@ -139,7 +139,7 @@ class TvmCompiledModel(CompiledModel):
                 library = tvm.runtime.load_module(str(directory / LIBRARY_FILE))
         except Exception as exc:
             raise ModelLoadError(
-                f"{directory}/{LIBRARY_FILE} cannot be loaded: {_last_line(exc)}",
+                f"{directory}/{LIBRARY_FILE} cannot be loaded: {tvm_env.last_line(exc)}",
                 hint="it was built for another machine or TVM version; compile again here",
             ) from None
         return cls(
@@ -263,7 +263,7 @@ class TvmLlvm(Target):
     def lower(self, model: Model, ctx: PassContext | None = None) -> TvmCompiledModel:
         """Compile ``model`` with TVM for this CPU; ``ctx.dims`` binds symbolic dims (1 when
         unbound). Raises ``UnsupportedOpError`` naming a node TVM cannot import."""
-        from greencc.targets.tvm_build import build_executable, fused_module
+        from greencc.targets.tvm_build import build_checked, fused_module
         from greencc.targets.tvm_import import prepare_for_tvm, to_relax
 
         self.require_available()
@@ -289,28 +289,12 @@ class TvmLlvm(Target):
                 progress=progress,
             )
             tuning = summary.to_dict()
-        try:
-            with tvm_env.native_warnings_captured():
-                executable = build_executable(fused, target, database)
-        except GreenccError:
-            raise
-        except Exception as exc:
-            raise GreenccError(
-                f"TVM failed to build the model for {spec['mcpu']}: "
-                f"{type(exc).__name__}: {_last_line(exc)}",
-                hint="please report it with the model; compile for ort-cpu meanwhile",
-            ) from None
+        executable = build_checked(fused, target, f"the model for {spec['mcpu']}", database)
         return TvmCompiledModel(
             self.name, prepared, executable, target_spec=spec, options=self.options,
             profile_name=self.selected_profile_name, compile_s=time.perf_counter() - started,
             tuning=tuning,
         )
-
-
-def _last_line(exc: BaseException) -> str:
-    """The last non-empty line of an exception's text: where TVM says what failed."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
 
 
 def _stderr_progress(done: int, total: int, message: str) -> None:

@@ -11,7 +11,12 @@ import pytest
 import greencc as gc
 from greencc.passes.cleanup.graph_edits import new_initializer
 from greencc.passes.prune.prune_ffn import PruneFFN
-from greencc.passes.prune.unit_pruning import UnitMaskedModel, UnitStats, least_squares_update, unit_stats
+from greencc.passes.prune.unit_pruning import (
+    UnitMaskedModel,
+    UnitStats,
+    least_squares_update,
+    unit_stats,
+)
 from greencc.passes.prune.units import consumer_bias, find_unit_groups
 from greencc.pipeline.context import PassContext
 from greencc.pipeline.manager import PassManager
