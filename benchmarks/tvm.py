@@ -45,8 +45,8 @@ def stock_tvm(model: gc.Model, dims: dict[str, int], threads: int) -> Callable[[
     import tvm
     from tvm import relax
 
-    from greencc.targets import tvm_env
-    from greencc.targets.tvm_import import prepare_for_tvm, to_relax
+    from greencc.targets.tvm import env as tvm_env
+    from greencc.targets.tvm.onnx_import import prepare_for_tvm, to_relax
 
     prepared = prepare_for_tvm(model, dims)
     target = tvm_env.make_target(tvm_env.llvm_target_spec(threads))

@@ -19,8 +19,8 @@ import onnx.numpy_helper
 import greencc as gc
 from greencc.cost.profile import HardwareProfile
 from greencc.target import register_target, registered_targets
-from greencc.targets.asic_int8 import AsicInt8
-from greencc.targets.asic_spec import derive_profile
+from greencc.targets.asic.int8 import AsicInt8
+from greencc.targets.asic.spec import derive_profile
 
 NAME = "edge-npu-32x32"
 

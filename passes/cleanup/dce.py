@@ -16,7 +16,7 @@ from greencc.model import Model
 from greencc.pipeline.base import Pass, PassResult, register_pass
 from greencc.pipeline.context import PassContext
 
-from .graph_edits import remove_node
+from greencc.passes.lib.graph_edits import remove_node
 
 # Domains whose ops are known to be free of side effects: an unused result is dead code.
 PURE_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft"})

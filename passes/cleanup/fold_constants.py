@@ -20,7 +20,7 @@ from greencc.model import Model
 from greencc.pipeline.base import Pass, PassResult, register_pass
 from greencc.pipeline.context import PassContext
 
-from .graph_edits import (
+from greencc.passes.lib.graph_edits import (
     NON_DETERMINISTIC_OPS,
     NameScope,
     all_graphs,

@@ -21,7 +21,7 @@ from greencc.pipeline.base import Pass, PassResult, register_pass
 from greencc.pipeline.context import PassContext
 
 from .fold_constants import ConstantFolder, shape_slice
-from .graph_edits import (
+from greencc.passes.lib.graph_edits import (
     NameScope,
     all_graphs,
     constant_array,

@@ -2,14 +2,13 @@
 Conv/Gemm + activation) and transformer fusions (LayerNorm, GELU, bias+GELU, skip+LayerNorm,
 embedding+LayerNorm, attention), each target-aware and saying why when it declines.
 
-Importing this package registers every fusion pass, the ``attention-heads`` analysis and
-the ``fuse`` group.
+Importing this package registers every fusion pass and the ``fuse`` group (the
+``attention-heads`` analysis lives in ``passes/lib``).
 """
 
 from . import (  # noqa: F401
     activation,
     attention,
-    attention_heads,
     conv_folding,
     gelu,
     gemm,

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from greencc.passes.cleanup.graph_edits import constant_array
+from greencc.passes.lib.graph_edits import constant_array
 from greencc.pipeline.base import register_pass
 
-from .fusion_pass import (
+from greencc.passes.lib.matching import (
     CONTRIB_DOMAIN,
     FusionPass,
     FusionRun,

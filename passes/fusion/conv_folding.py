@@ -17,10 +17,10 @@ import numpy as np
 import onnx_ir as ir
 
 from greencc.ir import inherit_provenance
-from greencc.passes.cleanup.graph_edits import constant_array, redirect, remove_node
+from greencc.passes.lib.graph_edits import constant_array, redirect, remove_node
 from greencc.pipeline.base import register_pass
 
-from .fusion_pass import (
+from greencc.passes.lib.matching import (
     MAX_CHECKED_ELEMENTS,
     FusionPass,
     FusionRun,

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from greencc.passes.cleanup.graph_edits import constant_tensor
+from greencc.passes.lib.graph_edits import constant_tensor
 from greencc.pipeline.base import register_pass
 
-from .fusion_pass import (
+from greencc.passes.lib.matching import (
     CONTRIB_DOMAIN,
     FusionPass,
     FusionRun,

@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from greencc.pipeline.base import register_pass
 
-from .fusion_pass import FusionPass, FusionRun, label, other_readers, producer
+from greencc.passes.lib.matching import FusionPass, FusionRun, label, other_readers, producer
 
 # Element types Gemm (opset 13) accepts.
 GEMM_DTYPES = frozenset(

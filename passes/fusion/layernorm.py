@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from greencc.passes.cleanup.graph_edits import constant_array, constant_tensor
+from greencc.passes.lib.graph_edits import constant_array, constant_tensor
 from greencc.pipeline.base import register_pass
 
-from .fusion_pass import (
+from greencc.passes.lib.matching import (
     CONTRIB_DOMAIN,
     MAX_CHECKED_ELEMENTS,
     FusionPass,

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from greencc.passes.cleanup.graph_edits import constant_array
+from greencc.passes.lib.graph_edits import constant_array
 
 from .head_blocks import HeadBlocks
 from .head_mask import HeadMaskedModel

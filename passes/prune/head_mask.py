@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from greencc.model import Model
-from greencc.passes.cleanup.graph_edits import NameScope, new_initializer
+from greencc.passes.lib.graph_edits import NameScope, new_initializer
 
 from .head_blocks import HeadBlocks, find_head_blocks
 

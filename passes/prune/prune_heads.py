@@ -15,7 +15,7 @@ from greencc.errors import UsageError
 from greencc.ir import infer_shapes, symbolic_dims
 from greencc.model import Model
 from greencc.passes.cleanup.dce import DeadCodeElimination
-from greencc.passes.cleanup.graph_edits import NameScope
+from greencc.passes.lib.graph_edits import NameScope
 from greencc.pipeline.base import Pass, PassResult, register_pass
 from greencc.pipeline.context import PassContext
 from greencc.verify.fidelity import measure_fidelity

@@ -23,8 +23,8 @@ from greencc.errors import PassError, UsageError
 from greencc.ir import get_meta, set_meta
 from greencc.model import Model
 from greencc.passes.cleanup.dce import DeadCodeElimination
-from greencc.passes.cleanup.graph_edits import NameScope, constant_array, new_initializer
-from greencc.passes.fusion.fusion_pass import int_attr, label
+from greencc.passes.lib.graph_edits import NameScope, constant_array, new_initializer
+from greencc.passes.lib.matching import int_attr, label
 from greencc.pipeline.base import Pass, PassResult, register_pass
 from greencc.pipeline.context import PassContext
 

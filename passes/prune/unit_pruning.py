@@ -29,7 +29,7 @@ from greencc.errors import UsageError
 from greencc.ir import get_meta, set_meta
 from greencc.model import Model
 from greencc.passes.cleanup.dce import DeadCodeElimination
-from greencc.passes.cleanup.graph_edits import NameScope, constant_array, new_initializer
+from greencc.passes.lib.graph_edits import NameScope, constant_array, new_initializer
 from greencc.pipeline.base import Pass, PassResult
 from greencc.pipeline.context import PassContext
 from greencc.verify.fidelity import measure_fidelity

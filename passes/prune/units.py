@@ -21,8 +21,8 @@ import numpy as np
 import onnx_ir as ir
 
 from greencc.ir import infer_shapes, symbolic_dims
-from greencc.passes.cleanup.graph_edits import NameScope, constant_array, new_initializer
-from greencc.passes.fusion.fusion_pass import CONTRIB_DOMAIN, int_attr, label
+from greencc.passes.lib.graph_edits import NameScope, constant_array, new_initializer
+from greencc.passes.lib.matching import CONTRIB_DOMAIN, int_attr, label
 
 UNARY = frozenset({"Relu", "Gelu", "Erf", "Tanh", "Sigmoid", "Neg", "Abs", "Exp", "Softplus", "Softsign",
                    "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu", "Celu", "Mish", "Identity",

@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from greencc.ir import inherit_provenance
-from greencc.passes.cleanup.graph_edits import NameScope, constant_tensor, new_initializer, redirect
+from greencc.passes.lib.graph_edits import NameScope, constant_tensor, new_initializer, redirect
 from greencc.quant import quant_params, quantize, weight_range
 
 from .placement import CONTRIB, QuantSite

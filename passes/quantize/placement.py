@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from greencc.ir import node_label
-from greencc.passes.cleanup.graph_edits import constant_tensor, is_onnx_op
+from greencc.passes.lib.graph_edits import constant_tensor, is_onnx_op
 
 CONTRIB = "com.microsoft"
 # The op types a site can have, as users name them in the ``ops`` option.

@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from greencc.ir import inherit_provenance, node_label
 from greencc.model import Model
-from greencc.passes.cleanup.graph_edits import NameScope, constant_tensor, new_initializer
+from greencc.passes.lib.graph_edits import NameScope, constant_tensor, new_initializer
 from greencc.pipeline.base import Pass, PassResult, register_pass
 from greencc.pipeline.context import PassContext
 

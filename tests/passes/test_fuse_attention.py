@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import greencc as gc
-from greencc.passes.fusion.attention_heads import AttentionHeads, analyze_attention
+from greencc.passes.lib.attention_heads import AttentionHeads, analyze_attention
 from greencc.pipeline.context import PassContext
 from tests.passes.strategies import fingerprint
 from tests.passes.test_fuse_support import (

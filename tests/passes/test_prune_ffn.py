@@ -9,7 +9,7 @@ import onnx_ir as ir
 import pytest
 
 import greencc as gc
-from greencc.passes.cleanup.graph_edits import new_initializer
+from greencc.passes.lib.graph_edits import new_initializer
 from greencc.passes.prune.prune_ffn import PruneFFN
 from greencc.passes.prune.unit_pruning import (
     UnitMaskedModel,

@@ -23,8 +23,8 @@ from tests.helpers import model_from_text
 
 pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'greencc[tvm]')")
 
-from greencc.targets.asic_int8 import AsicCompiledModel, AsicInt8  # noqa: E402
-from greencc.targets.asic_reference import check_calls, compiled_graph, reference_outputs  # noqa: E402
+from greencc.targets.asic.int8 import AsicCompiledModel, AsicInt8  # noqa: E402
+from greencc.targets.asic.reference import check_calls, compiled_graph, reference_outputs  # noqa: E402
 
 CUSTOM_OP = """<ir_version: 10, opset_import: ["" : 17, "com.example" : 1]>
 frob (float[2, 4] x) => (float[2, 4] y) {
@@ -163,7 +163,7 @@ def test_a_node_nothing_runs_is_named_with_its_op():
 
 
 def test_a_failing_accelerator_call_names_its_node_and_op(digits, monkeypatch):
-    import greencc.targets.asic_relax as asic_relax
+    import greencc.targets.asic.relax as asic_relax
 
     _, compiled, data = digits
     real = asic_relax.run_call

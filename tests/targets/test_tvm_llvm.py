@@ -21,7 +21,7 @@ from tests.helpers import model_from_text, run_ort
 
 pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'greencc[tvm]')")
 
-from greencc.targets.tvm_llvm import TvmCompiledModel, TvmLlvm  # noqa: E402
+from greencc.targets.tvm.llvm import TvmCompiledModel, TvmLlvm  # noqa: E402
 
 TOLERANCE = 1e-4
 

@@ -13,7 +13,7 @@ pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'gre
 import tvm  # noqa: E402
 from tvm import te  # noqa: E402
 
-from greencc.targets.tvm_schedules import (  # noqa: E402
+from greencc.targets.tvm.schedules import (  # noqa: E402
     PARALLEL_MIN_ELEMENTS,
     CpuContraction,
     CpuInjective,
@@ -176,7 +176,7 @@ def test_float32_erf_and_exp_become_polynomials_that_match_float64():
 
     from tvm import relax
 
-    from greencc.targets.tvm_build import build_executable, fused_module
+    from greencc.targets.tvm.build import build_executable, fused_module
 
     fused = fused_module(_activations_module(), TARGET)
     text = fused.script()

@@ -12,9 +12,9 @@ from tests.helpers import model_from_text, run_ort
 
 pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'greencc[tvm]')")
 
-from greencc.targets.tvm_env import tuning_availability  # noqa: E402
-from greencc.targets.tvm_llvm import TvmLlvm  # noqa: E402
-from greencc.targets.tvm_tuning import target_key  # noqa: E402
+from greencc.targets.tvm.env import tuning_availability  # noqa: E402
+from greencc.targets.tvm.llvm import TvmLlvm  # noqa: E402
+from greencc.targets.tvm.tuning import target_key  # noqa: E402
 
 MATMUL_RELU = """<ir_version: 10, opset_import: ["" : 17]>
 mm (float[32, 48] x, float[48, 16] w) => (float[32, 16] y) {
@@ -46,7 +46,7 @@ def test_tuning_records_are_cached_and_reused(tmp_path, monkeypatch):
     feeds = _feeds()
     np.testing.assert_allclose(first(feeds)["y"], run_ort(model, feeds)[0], rtol=1e-5, atol=1e-5)
 
-    from greencc.targets import tvm_llvm
+    from greencc.targets.tvm import llvm as tvm_llvm
 
     monkeypatch.setattr(tvm_llvm, "_stderr_progress", lambda *args: messages.append(args))
     again = TvmLlvm(**options).lower(model, gc.PassContext(progress=True))
@@ -59,10 +59,10 @@ def test_tuning_records_are_cached_and_reused(tmp_path, monkeypatch):
 def test_a_spent_budget_leaves_default_schedules(tmp_path):
     if not tuning_availability():
         pytest.skip(f"MetaSchedule unavailable: {tuning_availability().reason}")
-    from greencc.targets.tvm_build import fused_module
-    from greencc.targets.tvm_env import make_target
-    from greencc.targets.tvm_import import prepare_for_tvm, to_relax
-    from greencc.targets.tvm_tuning import tune
+    from greencc.targets.tvm.build import fused_module
+    from greencc.targets.tvm.env import make_target
+    from greencc.targets.tvm.onnx_import import prepare_for_tvm, to_relax
+    from greencc.targets.tvm.tuning import tune
 
     model = model_from_text(MATMUL_RELU)
     target = TvmLlvm(threads=1)
@@ -81,10 +81,10 @@ def test_default_schedule_record_replays_to_the_same_results():
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    from greencc.targets.tvm_build import build_executable, fused_module
-    from greencc.targets.tvm_env import make_target
-    from greencc.targets.tvm_import import prepare_for_tvm, to_relax
-    from greencc.targets.tvm_tuning import _commit_default_schedule, import_tensor_intrinsics
+    from greencc.targets.tvm.build import build_executable, fused_module
+    from greencc.targets.tvm.env import make_target
+    from greencc.targets.tvm.onnx_import import prepare_for_tvm, to_relax
+    from greencc.targets.tvm.tuning import _commit_default_schedule, import_tensor_intrinsics
 
     model = model_from_text(MATMUL_RELU)
     target = make_target(TvmLlvm(threads=1).target_spec())

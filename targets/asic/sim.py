@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from greencc.targets.asic_spec import LEVELS, SystolicArraySpec
+from greencc.targets.asic.spec import LEVELS, SystolicArraySpec
 
 _INT_RANGES = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from greencc.passes.cleanup.graph_edits import constant_array
+from greencc.passes.lib.graph_edits import constant_array
 
-from .fusion_pass import int_attr, ints_attr, producer, scalar_constant
+from greencc.passes.lib.matching import int_attr, ints_attr, producer, scalar_constant
 
 Size = int | str | None  # a static size, a symbolic dim's name, or unknown
 Axis = tuple[str, ...]  # the factors of one axis, outermost first

@@ -18,10 +18,10 @@ import onnx_ir as ir
 
 from greencc.ir import infer_shapes, source_module, symbolic_dims
 from greencc.model import Model
-from greencc.passes.cleanup.graph_edits import constant_array, constant_tensor
+from greencc.passes.lib.graph_edits import constant_array, constant_tensor
 from greencc.pipeline.context import PassContext, register_analysis
 
-from .fusion_pass import (
+from greencc.passes.lib.matching import (
     CONTRIB_DOMAIN,
     float_attr,
     int_attr,
@@ -33,7 +33,7 @@ from .fusion_pass import (
     scalar_constant,
     single_reader,
 )
-from .head_layout import (
+from greencc.passes.lib.head_layout import (
     MOVEMENT_OPS,
     SCALING_OPS,
     Axis,

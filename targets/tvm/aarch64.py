@@ -25,9 +25,9 @@ import numpy as np
 
 from greencc.errors import GreenccError, ModelLoadError, TargetUnavailableError, UsageError
 from greencc.target import Availability, CompiledModel, Target, register_target
-from greencc.targets import aarch64_emulation as emulation
-from greencc.targets import tvm_env
-from greencc.targets.tvm_llvm import (
+from greencc.targets.tvm import aarch64_emulation as emulation
+from greencc.targets.tvm import env as tvm_env
+from greencc.targets.tvm.llvm import (
     DATA_FILE,
     LIBRARY_FILE,
     MODEL_FILE,
@@ -350,8 +350,8 @@ class TvmAarch64(Target):
             )
         from tvm.target.codegen import llvm_is_valid_cpu
 
-        from greencc.targets.tvm_build import build_checked, fused_module
-        from greencc.targets.tvm_import import prepare_for_tvm, to_relax
+        from greencc.targets.tvm.build import build_checked, fused_module
+        from greencc.targets.tvm.onnx_import import prepare_for_tvm, to_relax
 
         spec = self.target_spec()
         if spec["mcpu"] != "generic" and not llvm_is_valid_cpu(spec["mcpu"], TRIPLE):

@@ -29,7 +29,7 @@ from greencc.target import (
     node_id,
     register_target,
 )
-from greencc.targets import tvm_env
+from greencc.targets.tvm import env as tvm_env
 
 if TYPE_CHECKING:
     from greencc.model import Model
@@ -242,7 +242,7 @@ class TvmLlvm(Target):
         """Every node TVM's ONNX importer converts is claimed; others are ``unsupported``
         (a TVM build runs the whole graph, so there is no fallback to ONNX Runtime)."""
         from greencc.target import UNSUPPORTED
-        from greencc.targets.tvm_import import tvm_supported_ops
+        from greencc.targets.tvm.onnx_import import tvm_supported_ops
 
         self.require_available()
         supported = tvm_supported_ops()
@@ -263,8 +263,8 @@ class TvmLlvm(Target):
     def lower(self, model: Model, ctx: PassContext | None = None) -> TvmCompiledModel:
         """Compile ``model`` with TVM for this CPU; ``ctx.dims`` binds symbolic dims (1 when
         unbound). Raises ``UnsupportedOpError`` naming a node TVM cannot import."""
-        from greencc.targets.tvm_build import build_checked, fused_module
-        from greencc.targets.tvm_import import prepare_for_tvm, to_relax
+        from greencc.targets.tvm.build import build_checked, fused_module
+        from greencc.targets.tvm.onnx_import import prepare_for_tvm, to_relax
 
         self.require_available()
         started = time.perf_counter()
@@ -278,7 +278,7 @@ class TvmLlvm(Target):
             fused = fused_module(relax_mod, target)
         database, tuning = None, {}
         if self.options["tune_budget_s"] > 0:
-            from greencc.targets.tvm_tuning import tune
+            from greencc.targets.tvm.tuning import tune
 
             progress = _stderr_progress if (ctx is not None and ctx.progress) else None
             database, summary = tune(

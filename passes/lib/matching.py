@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from greencc.ir import infer_shapes, inherit_provenance, node_label, symbolic_dims
 from greencc.model import Model
-from greencc.passes.cleanup.graph_edits import (
+from greencc.passes.lib.graph_edits import (
     NameScope,
     all_graphs,
     constant_array,

@@ -88,7 +88,7 @@ def tune(
     """
     from tvm.s_tir import meta_schedule as ms
 
-    from greencc.targets.tvm_env import tuning_availability
+    from greencc.targets.tvm.env import tuning_availability
 
     availability = tuning_availability()
     if not availability:
@@ -246,7 +246,7 @@ def _commit_default_schedule(task: Any, target: Any, database: Any, builder: Any
     """
     from tvm.s_tir import meta_schedule as ms
 
-    from greencc.targets.tvm_schedules import default_schedule_rules
+    from greencc.targets.tvm.schedules import default_schedule_rules
 
     workload_mod = task.dispatched[0]
     func = workload_mod["main"]

@@ -109,7 +109,7 @@ class SystolicArraySpec:
             raise UsageError(
                 f"{origin} describes no systolic array (supports.{SECTION} is missing)",
                 hint="use the 'asic-int8-systolic' profile, or one made with "
-                "greencc.targets.asic_spec.derive_profile",
+                "greencc.targets.asic.spec.derive_profile",
             )
         spec = cls.from_dict(section, static_power_w=profile.static_power_w, origin=origin)
         checks = (
@@ -126,7 +126,7 @@ class SystolicArraySpec:
                 raise UsageError(
                     f"{origin}: {what} is {given}, but its systolic array implies {implied:g} ({source})",
                     hint="the cost model and the simulator must describe the same device; "
-                    "derive variants with greencc.targets.asic_spec.derive_profile",
+                    "derive variants with greencc.targets.asic.spec.derive_profile",
                 )
         return spec
 
@@ -165,7 +165,7 @@ def derive_profile(base: HardwareProfile, name: str, description: str, **changes
                              array.dram_bandwidth_bytes_per_s, energy["dram"])
     data["memory_levels"] = [dataclasses.asdict(level) for level in levels]
     data["supports"] = {**base.supports, SECTION: array.to_dict()}
-    data["sources"] = [*base.sources, f"derived with greencc.targets.asic_spec.derive_profile from '{base.name}'"]
+    data["sources"] = [*base.sources, f"derived with greencc.targets.asic.spec.derive_profile from '{base.name}'"]
     return HardwareProfile.from_dict(data, origin=f"profile '{name}'")
 
 

@@ -31,16 +31,16 @@ from greencc.target import (
     group_partitions,
     register_target,
 )
-from greencc.targets import tvm_env
+from greencc.targets.tvm import env as tvm_env
 
 if TYPE_CHECKING:
     from greencc.cost.profile import HardwareProfile
     from greencc.model import Model
     from greencc.pipeline.context import PassContext
-    from greencc.targets.asic_graph import AsicCall, Placement
-    from greencc.targets.asic_relax import AcceleratorSession
-    from greencc.targets.asic_sim import SimulationSummary
-    from greencc.targets.asic_spec import SystolicArraySpec
+    from greencc.targets.asic.graph import AsicCall, Placement
+    from greencc.targets.asic.relax import AcceleratorSession
+    from greencc.targets.asic.sim import SimulationSummary
+    from greencc.targets.asic.spec import SystolicArraySpec
 
 LIBRARY_FILE = "model.so"
 MODEL_FILE = "model.onnx"
@@ -65,8 +65,8 @@ class AsicCompiledModel(CompiledModel):
                  host_nodes: Mapping[str, str], hardware: HardwareProfile, target_spec: Mapping[str, Any],
                  options: Mapping[str, Any], profile_name: str | None = None,
                  compile_s: float | None = None) -> None:
-        from greencc.targets.asic_relax import register_packed_function
-        from greencc.targets.asic_spec import SystolicArraySpec
+        from greencc.targets.asic.relax import register_packed_function
+        from greencc.targets.asic.spec import SystolicArraySpec
 
         super().__init__(target, model, options=options, profile_name=profile_name)
         self.executable = executable
@@ -107,8 +107,8 @@ class AsicCompiledModel(CompiledModel):
 
     def session(self, *, trace: bool = False) -> AcceleratorSession:
         """A fresh accelerator session (simulator and counters) for one run."""
-        from greencc.targets.asic_relax import AcceleratorSession
-        from greencc.targets.asic_sim import SystolicSimulator
+        from greencc.targets.asic.relax import AcceleratorSession
+        from greencc.targets.asic.sim import SystolicSimulator
 
         return AcceleratorSession({c.call_id: c for c in self.calls},
                                   SystolicSimulator(self.array, self.hardware.name), trace=trace)
@@ -125,7 +125,7 @@ class AsicCompiledModel(CompiledModel):
     def _run_in(self, session: AcceleratorSession, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tvm
 
-        from greencc.targets.asic_relax import active
+        from greencc.targets.asic.relax import active
 
         tvm_env.set_runtime_threads(int(self.options["threads"]))
         args = [tvm.runtime.tensor(np.ascontiguousarray(arrays[s.name])) for s in self.model.inputs]
@@ -184,7 +184,7 @@ class AsicCompiledModel(CompiledModel):
 
         from greencc.cost.profile import HardwareProfile
         from greencc.frontend.onnx_file import load
-        from greencc.targets.asic_graph import AsicCall
+        from greencc.targets.asic.graph import AsicCall
 
         for name in (LIBRARY_FILE, MODEL_FILE, ASIC_FILE):
             if name not in manifest["files"] or not (directory / name).is_file():
@@ -264,15 +264,15 @@ class AsicInt8(Target):
 
     def array(self) -> SystolicArraySpec:
         """The accelerator of this target's profile (``UsageError`` when it has none)."""
-        from greencc.targets.asic_spec import SystolicArraySpec
+        from greencc.targets.asic.spec import SystolicArraySpec
 
         return SystolicArraySpec.from_profile(self.profile)
 
     def placement(self, model: Model) -> Placement:
         """Where each node of ``model`` runs (accelerator, host, unsupported)."""
         from greencc.ir import to_self_contained_proto
-        from greencc.targets.asic_graph import node_names, plan
-        from greencc.targets.tvm_import import tvm_supported_ops
+        from greencc.targets.asic.graph import node_names, plan
+        from greencc.targets.tvm.onnx_import import tvm_supported_ops
 
         return plan(node_names(to_self_contained_proto(model.ir)), tvm_supported_ops())
 
@@ -299,10 +299,10 @@ class AsicInt8(Target):
         when unbound). Raises ``UnsupportedOpError`` naming a node nothing here runs."""
         from greencc.ir import to_self_contained_proto
         from greencc.ir.shapes import symbolic_dims
-        from greencc.targets.asic_graph import accelerator_proto, node_names, plan
-        from greencc.targets.asic_relax import register_packed_function, to_relax
-        from greencc.targets.tvm_build import build_checked, fused_module
-        from greencc.targets.tvm_import import tvm_supported_ops
+        from greencc.targets.asic.graph import accelerator_proto, node_names, plan
+        from greencc.targets.asic.relax import register_packed_function, to_relax
+        from greencc.targets.tvm.build import build_checked, fused_module
+        from greencc.targets.tvm.onnx_import import tvm_supported_ops
 
         self.require_available()
         started = time.perf_counter()

@@ -1,0 +1,1 @@
+"""The ONNX Runtime targets: ``ort-cpu``."""
