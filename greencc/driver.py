@@ -14,15 +14,16 @@ import onnx
 from greencc.data import CalibrationData, as_calibration
 from greencc.errors import GreenccError, TargetUnavailableError, UnsupportedOpError, UsageError
 from greencc.frontend.onnx_file import load
+from greencc.instruments.ledger import LedgerInstrument, MeasureModel, new_report
+from greencc.instruments.verify import VerifyInstrument
 from greencc.ir.shapes import symbolic_dims
 from greencc.model import Model
 from greencc.pipeline.context import PassContext
 from greencc.pipeline.instruments import Instrument
 from greencc.pipeline.manager import PassManager
 from greencc.pipeline.text import Pipeline
-from greencc.report.ledger import LedgerInstrument, MeasureModel, Report, new_report
+from greencc.report.ledger import Report
 from greencc.target import UNSUPPORTED, CompiledModel, Target, resolve_target
-from greencc.verify.instrument import VerifyInstrument
 
 ModelLike = Model | str | os.PathLike | bytes | onnx.ModelProto
 

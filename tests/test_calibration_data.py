@@ -249,7 +249,7 @@ def test_compile_accepts_calibration_data(float_model, tmp_path):
 
 def test_verification_uses_the_calibration_samples(float_model):
     from greencc.pipeline.context import PassContext
-    from greencc.verify.instrument import VerifyInstrument
+    from greencc.instruments.verify import VerifyInstrument
 
     data = CalibrationData.from_arrays(_arrays(6, seed=3), batch_size=2)
     instrument = VerifyInstrument()

@@ -1,5 +1,5 @@
 """Pass instruments: hooks around every pass (TVM style). Timing and IR dumps live here;
-verification (greencc.verify.instrument) and the energy ledger (greencc.report.ledger)
+verification (greencc.instruments.verify) and the energy ledger (greencc.report.ledger)
 are instruments too.
 """
 

@@ -48,7 +48,7 @@ def budget_reference(
     whole pipeline within the budget and is never rolled back for exceeding it. Otherwise
     the scoring samples and the current model's outputs (``run_original``).
     """
-    from greencc.verify.instrument import VerifyInstrument
+    from greencc.instruments.verify import VerifyInstrument
 
     for instrument in ctx.instruments:
         if isinstance(instrument, VerifyInstrument) and instrument.samples and ctx.verify:

@@ -372,7 +372,7 @@ def _valid_positions(outputs: list[list[np.ndarray]], samples: Sequence[dict[str
 def _earlier_lossy_reference(ctx: PassContext) -> tuple[list[dict[str, np.ndarray]], list[list[np.ndarray]]] | None:
     """The verification instrument's samples and the pipeline input's outputs on them, when
     this pass runs in a verified, budgeted pipeline after a lossy pass changed the model."""
-    from greencc.verify.instrument import VerifyInstrument
+    from greencc.instruments.verify import VerifyInstrument
 
     if not ctx.verify or ctx.budget is None:
         return None

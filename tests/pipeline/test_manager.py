@@ -13,7 +13,7 @@ from greencc.errors import PassFailedError
 from greencc.pipeline.instruments import Instrument, PrintIRInstrument, TimingInstrument
 from greencc.pipeline.repro import replay
 from greencc.verify.fidelity import FidelityBudget
-from greencc.verify.instrument import VerifyInstrument
+from greencc.instruments.verify import VerifyInstrument
 from tests.helpers import model_from_text
 
 TEXT = """<ir_version: 10, opset_import: ["" : 17]>

@@ -1,0 +1,137 @@
+"""The ledger instrument: a report row for the input model and after every pass (cost
+estimate, fidelity, stats, and measurements when the driver measures), written into a
+:class:`~greencc.report.ledger.Report`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from greencc.pipeline.instruments import Instrument, PassRecord
+from greencc.report.ledger import PassRow, Report
+
+if TYPE_CHECKING:
+    from greencc.cost.estimate import CostEstimate
+    from greencc.model import Model
+    from greencc.pipeline.base import Pass
+    from greencc.pipeline.context import PassContext
+
+
+MeasureModel = Callable[["Model", Mapping[str, int]], dict[str, Any]]
+
+
+class LedgerInstrument(Instrument):
+    """Writes a :class:`PassRow` for the input model and after every pass into ``report``.
+
+    The cost estimate is recomputed only when a pass modified the model. With ``measure``
+    (a callable ``(model, dims) -> {"latency", "energy"} | {"error"}``, see
+    ``greencc.driver``), the input model and the model after every pass that modified it
+    are measured too; a row whose pass changed nothing (or was rolled back) reuses the
+    previous figure and names the row it comes from.
+    """
+
+    def __init__(self, report: Report, measure: MeasureModel | None = None) -> None:
+        self.report = report
+        self._last_cost: CostEstimate | None = None
+        self._measure = measure
+        self._last_measured: tuple[int, dict[str, Any]] | None = None
+
+    def enter_pipeline(self, model: Model, ctx: PassContext) -> None:
+        self._last_cost = self._estimate(model, ctx)
+        row = self._row("(input)", model, PassRecord("(input)", False), ctx)
+        self._add_measurement(row, model, ctx, changed=True)
+        self.report.rows.append(row)
+
+    def after_pass(self, pass_: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:
+        previous = self._last_cost
+        changed = record.modified and not record.rolled_back
+        if changed:
+            self._last_cost = self._estimate(model, ctx)
+        row = self._row(record.name, model, record, ctx)
+        if previous is not None and self._last_cost is not None:
+            row.delta_latency_ms = self._last_cost.latency_ms - previous.latency_ms
+            row.delta_energy_mj = self._last_cost.energy_mj - previous.energy_mj
+        self._add_measurement(row, model, ctx, changed=changed)
+        self.report.rows.append(row)
+
+    def _add_measurement(self, row: PassRow, model: Model, ctx: PassContext, *, changed: bool) -> None:
+        """Measure the model of ``row`` when it changed; otherwise reuse the last figure."""
+        if self._measure is None:
+            return
+        if changed or self._last_measured is None:
+            row.measured = self._measure(model, ctx.dims)
+            self._last_measured = (len(self.report.rows), row.measured)
+            return
+        index, figure = self._last_measured
+        row.measured = {**figure, "same_as": self.report.rows[index].name, "same_as_row": index}
+
+    def exit_pipeline(self, model: Model, ctx: PassContext) -> None:
+        self.report.near_misses = [
+            {"pass": m.pass_name, "node": m.node, "reason": m.reason} for m in ctx.near_misses
+        ]
+
+    def _estimate(self, model: Model, ctx: PassContext) -> CostEstimate | None:
+        if ctx.profile is None:
+            return None
+        from greencc.cost.estimate import estimate_cost
+
+        return estimate_cost(model, ctx.profile, dims=ctx.dims)
+
+    def _row(self, name: str, model: Model, record: PassRecord, ctx: PassContext) -> PassRow:
+        cost = self._last_cost
+        fidelity = record.fidelity.to_dict() if record.fidelity is not None else None
+        return PassRow(
+            name=name,
+            modified=record.modified,
+            wall_ms=round(record.wall_ms, 3),
+            nodes=len(model.graph),
+            parameters=model.parameter_count(),
+            model_bytes=model.weights_nbytes(),
+            macs_by_dtype=dict(cost.macs_by_dtype) if cost else {},
+            est_latency_ms=cost.latency_ms if cost else None,
+            est_energy_mj=cost.energy_mj if cost else None,
+            fidelity=fidelity,
+            stats=dict(record.stats),
+            rolled_back=record.rolled_back,
+            energy_method=self.report.energy_method if cost else None,
+        )
+
+
+def new_report(model: Model, ctx: PassContext, pipeline: str) -> Report:
+    """An empty report describing ``model``, the context's target/profile and ``pipeline``."""
+    from greencc import __version__
+
+    profile = ctx.profile
+    profile_info = None
+    method = "none (no hardware profile)"
+    if profile is not None:
+        profile_info = {
+            "name": profile.name,
+            "calibrated": bool(getattr(profile, "calibrated", False)),
+            "note": getattr(profile, "calibration_note", ""),
+        }
+        state = "uncalibrated roofline"
+        if profile_info["calibrated"]:
+            from greencc.cost.calibrate import ENERGY_UNCALIBRATED_MARK
+
+            state = "calibrated roofline"
+            if ENERGY_UNCALIBRATED_MARK in profile_info["note"]:
+                state = "latency calibrated on this machine, energy terms uncalibrated"
+        method = f"estimate: model:cost({profile.name}, {state})"
+    return Report(
+        model={
+            "source": model.provenance.source,
+            "exporter": model.provenance.exporter,
+            "inputs": [str(s) for s in model.inputs],
+            "outputs": [str(s) for s in model.outputs],
+        },
+        target=ctx.target.name if ctx.target is not None else None,
+        profile=profile_info,
+        dims=dict(ctx.dims),
+        pipeline=pipeline,
+        energy_method=method,
+        greencc_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
