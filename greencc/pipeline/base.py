@@ -3,13 +3,17 @@
 A pass has a kebab-case name given at registration (never derived from the class name),
 typed options declared as annotated class attributes with defaults, a docstring stating
 its rewrite as ``Before -> After``, and a ``lossy`` flag that decides how it is verified.
+Built-ins (``greencc.passes``) and the passes of the ``greencc.passes`` entry-point group
+load lazily, on the first look-up.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import re
 import typing
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args, get_origin
@@ -177,8 +181,11 @@ def _collect_options(cls: type) -> dict[str, OptionSpec]:
     return specs
 
 
+ENTRY_POINT_GROUP = "greencc.passes"
+
 _PASSES: dict[str, type[Pass]] = {}
 _BUILTINS_LOADED = False
+_PLUGINS_LOADED = False
 
 
 def register_pass(
@@ -232,16 +239,72 @@ def _function_pass(func: Callable[..., Any], name: str, lossy: bool) -> type[Pas
     return cls
 
 
-def _load_builtins() -> None:
+def load_builtins() -> None:
+    """Import the built-in passes (``greencc.passes``) once, so that they register."""
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
         importlib.import_module("greencc.passes")
 
 
+def _load_plugins() -> None:
+    """Load the passes of the ``greencc.passes`` entry-point group, once.
+
+    An entry point names a ``Pass`` subclass, a pass function or a module whose import
+    registers its passes. One that fails to load is registered under its name as a pass
+    that refuses to run and says why (and a warning is issued), so one broken package
+    never hides the others.
+    """
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    try:
+        entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    except Exception as exc:  # a broken installation's metadata must not break greencc
+        warnings.warn(f"could not read the '{ENTRY_POINT_GROUP}' entry points: {exc}", stacklevel=2)
+        return
+    for entry_point in entry_points:
+        try:
+            loaded = entry_point.load()
+            if isinstance(loaded, type) and issubclass(loaded, Pass):
+                if _PASSES.get(loaded.name) is not loaded:
+                    register_pass(entry_point.name)(loaded)
+            elif callable(loaded) and entry_point.name not in _PASSES:
+                register_pass(entry_point.name)(loaded)
+        except Exception as exc:
+            reason = f"plugin '{entry_point.value}' failed to load: {type(exc).__name__}: {exc}"
+            warnings.warn(f"pass plugin '{entry_point.name}': {reason}", stacklevel=2)
+            if entry_point.name not in _PASSES and _NAME_RE.match(entry_point.name):
+                _PASSES[entry_point.name] = _broken_plugin(entry_point.name, reason)
+
+
+class _BrokenPlugin(Pass):
+    """Placeholder for a pass plugin that failed to load: it refuses to run, saying why."""
+
+    broken_reason: ClassVar[str] = ""
+
+    def __init__(self, **options: Any) -> None:
+        raise UsageError(
+            f"pass '{self.name}' is not available: {self.broken_reason}",
+            hint="reinstall or fix the plugin package",
+        )
+
+
+def _broken_plugin(name: str, reason: str) -> type[Pass]:
+    cls = type(
+        f"BrokenPlugin_{name.replace('-', '_')}",
+        (_BrokenPlugin,),
+        {"broken_reason": reason, "__doc__": f"(plugin failed to load) {reason}"},
+    )
+    cls.name = name
+    return cls
+
+
 def get_pass_class(name: str) -> type[Pass]:
     """The pass class registered as ``name``; ``UsageError`` with suggestions otherwise."""
-    _load_builtins()
+    load_builtins()
+    _load_plugins()
     try:
         return _PASSES[name]
     except KeyError:
@@ -253,8 +316,10 @@ def get_pass_class(name: str) -> type[Pass]:
 
 
 def registered_passes() -> dict[str, type[Pass]]:
-    """All registered passes by name, built-ins included, sorted by name."""
-    _load_builtins()
+    """All registered passes by name, sorted: built-ins, entry-point plugins (a broken
+    one appears as a pass whose summary says why it failed to load) and the user's."""
+    load_builtins()
+    _load_plugins()
     return dict(sorted(_PASSES.items()))
 
 
