@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from greencc.errors import UsageError
 
 if TYPE_CHECKING:
+    from greencc.config import CompileConfig
     from greencc.cost.profile import HardwareProfile
     from greencc.model import Model
     from greencc.pipeline.instruments import Instrument
@@ -38,7 +39,9 @@ class PassContext:
 
     ``dims`` binds symbolic input dims (``{"batch": 1, "seq": 128}``) for cost estimates
     and random verification inputs; ``verify`` turns numerical verification after each
-    pass on or off; ``reproducer_dir`` is where a failing run writes its reproducer.
+    pass on or off; ``reproducer_dir`` is where a failing run writes its reproducer;
+    ``config`` is the :class:`~greencc.config.CompileConfig` the run belongs to (what a
+    reproducer records).
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class PassContext:
         reproducer_dir: str | Path | None = None,
         instruments: Sequence[Instrument] = (),
         verification_samples: int = 2,
+        config: CompileConfig | None = None,
     ) -> None:
         from greencc.target import resolve_target
         from greencc.verify.fidelity import FidelityBudget
@@ -72,6 +76,7 @@ class PassContext:
         self.reproducer_dir = Path(reproducer_dir) if reproducer_dir else None
         self.instruments: list[Instrument] = list(instruments)
         self.verification_samples = verification_samples
+        self.config = config
         self.near_misses: list[NearMiss] = []
         self._analyses: dict[str, Any] = {}
         self._token: contextvars.Token | None = None
