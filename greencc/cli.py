@@ -333,7 +333,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
 def cmd_targets(args: argparse.Namespace) -> int:
     """``greencc targets``."""
     from greencc.target import registered_targets
-    from greencc.targets.tags import TAGS
+    from greencc.target.registry import registered_tags
 
     rows: list[dict[str, Any]] = []
     for name, cls in registered_targets().items():
@@ -346,7 +346,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
                      "description": getattr(cls, "description", ""),
                      "options": {k: v for k, v in getattr(cls, "default_options", {}).items()}})
     if args.json:
-        _out(json.dumps({"targets": rows, "tags": {k: list(v) for k, v in TAGS.items()}}, indent=2))
+        _out(json.dumps({"targets": rows, "tags": {k: list(v) for k, v in registered_tags().items()}}, indent=2))
         return 0
     for row in rows:
         state = "available" if row["available"] else f"unavailable: {row['reason']}"
@@ -354,7 +354,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
         if row["options"]:
             _out(f"{'':<16} options: " + ", ".join(f"{k}={v!r}" for k, v in row["options"].items()))
     _out("\ntags (target + hardware profile):")
-    for tag, (target, profile) in TAGS.items():
+    for tag, (target, profile) in registered_tags().items():
         _out(f"  {tag:<20} -> {target} with profile {profile}")
     return 0
 
@@ -437,7 +437,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def _cost_calibrate(args: argparse.Namespace) -> int:
-    from greencc.cost.calibrate import calibrate
+    from greencc.calibration.run import calibrate
 
     if args.min_time is not None and args.min_time <= 0:
         raise UsageError(f"--min-time {args.min_time} must be positive")
@@ -479,7 +479,7 @@ def _cost_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cost_validate(args: argparse.Namespace) -> int:
-    from greencc.cost.validate import default_suite, validate, write_section
+    from greencc.calibration.validate import default_suite, validate, write_section
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     bar, update = _progress(args.quiet)

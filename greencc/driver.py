@@ -192,7 +192,7 @@ def _resolve_target(target: Target | str, **options: Any) -> Target:
     """
     resolved = resolve_target(target, **options)
     if isinstance(target, str) and target.strip() == resolved.name:
-        from greencc.cost.calibrate import find_calibrated_profile
+        from greencc.cost.kernel_model import find_calibrated_profile
 
         calibrated = find_calibrated_profile(resolved.name, resolved.options.get("threads"))
         if calibrated is not None:

@@ -4,6 +4,7 @@ Backends are imported lazily, on first use."""
 
 # Registers "ort-cpu", "tvm-llvm", "tvm-aarch64" and "asic-int8" (the TVM ones import TVM
 # only when used).
+from greencc.targets import tags  # noqa: F401
 from greencc.targets.asic import int8  # noqa: F401
 from greencc.targets.ort import cpu  # noqa: F401
 from greencc.targets.tvm import aarch64, llvm  # noqa: F401

@@ -7,6 +7,8 @@ installed resolves to ``TargetUnavailableError`` saying so.
 
 from __future__ import annotations
 
+from greencc.target.registry import register_tag
+
 # tag -> (target name, hardware profile name)
 TAGS: dict[str, tuple[str, str]] = {
     "x86-avx512": ("ort-cpu", "x86-avx512"),
@@ -15,5 +17,8 @@ TAGS: dict[str, tuple[str, str]] = {
     "nvidia-h100": ("cuda-inductor", "nvidia-h100"),
     "asic-int8-systolic": ("asic-int8", "asic-int8-systolic"),
 }
+
+for _tag, (_target, _profile) in TAGS.items():
+    register_tag(_tag, _target, _profile)
 
 __all__ = ["TAGS"]

@@ -7,7 +7,7 @@ each number was derived from; loading validates it, so a typo fails loudly, not 
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
+import importlib.util
 import json
 import math
 import os
@@ -282,8 +282,12 @@ def _check_positive(what: str, value: Any, *, allow_zero: bool = False) -> None:
         raise UsageError(f"{what} must be a {bound} finite number, got {value!r}")
 
 
-def _profiles_dir() -> Any:
-    return importlib.resources.files("greencc.targets") / "profiles"
+def _profiles_dir() -> Path:
+    """``targets/profiles`` of the installed ``greencc.targets`` package, found without
+    importing it (importing it would register every target: the cost layer stays below them)."""
+    spec = importlib.util.find_spec("greencc.targets")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) / "profiles" if locations else Path(os.devnull)
 
 
 def available_profiles() -> list[str]:

@@ -114,7 +114,7 @@ def new_report(model: Model, ctx: PassContext, pipeline: str) -> Report:
         }
         state = "uncalibrated roofline"
         if profile_info["calibrated"]:
-            from greencc.cost.calibrate import ENERGY_UNCALIBRATED_MARK
+            from greencc.cost.kernel_model import ENERGY_UNCALIBRATED_MARK
 
             state = "calibrated roofline"
             if ENERGY_UNCALIBRATED_MARK in profile_info["note"]:

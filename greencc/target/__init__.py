@@ -17,7 +17,9 @@ from greencc.target.base import (
 from greencc.target.registry import (
     ENTRY_POINT_GROUP,
     get_target_class,
+    register_tag,
     register_target,
+    registered_tags,
     registered_targets,
     resolve_target,
 )
@@ -25,6 +27,7 @@ from greencc.target.registry import (
 __all__ = [
     "Availability", "CompiledModel", "ENTRY_POINT_GROUP", "FALLBACK_PREFIX", "FALLBACK_TARGET",
     "MANIFEST_NAME", "REPORT_NAME", "Partition", "Target", "UNSUPPORTED", "get_target_class",
-    "group_partitions", "node_id", "read_manifest", "register_target", "registered_targets",
+    "group_partitions", "node_id", "read_manifest", "register_tag", "register_target", "registered_tags",
+    "registered_targets",
     "resolve_target",
 ]

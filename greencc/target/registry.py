@@ -25,6 +25,8 @@ ENTRY_POINT_GROUP = "greencc.targets"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 _TARGETS: dict[str, type[Target]] = {}
+# tag -> (target name, hardware profile name): named presets, as TVM's target tags.
+_TAGS: dict[str, tuple[str, str]] = {}
 _BUILTINS_LOADED = False
 _PLUGINS_LOADED = False
 
@@ -55,6 +57,26 @@ def register_target(name: str, *, replace: bool = False) -> Callable[[type[Targe
         return cls
 
     return decorate
+
+
+def register_tag(tag: str, target: str, profile: str, *, replace: bool = False) -> None:
+    """Register ``tag`` as a preset of ``target`` with hardware profile ``profile``.
+
+    The target need not be installed: resolving a tag whose target is missing says so.
+    """
+    for what, name in (("tag", tag), ("target", target), ("profile", profile)):
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise UsageError(f"{what} name {name!r} is not kebab-case", hint="e.g. 'my-npu'")
+    if tag in _TAGS and _TAGS[tag] != (target, profile) and not replace:
+        raise UsageError(f"a tag named '{tag}' is already registered", hint="pick another name or pass replace=True")
+    _TAGS[tag] = (target, profile)
+
+
+def registered_tags() -> dict[str, tuple[str, str]]:
+    """Every tag as ``{tag: (target name, profile name)}``: built-ins first, then plugins'."""
+    _load_builtins()
+    _load_plugins()
+    return dict(_TAGS)
 
 
 def _load_builtins() -> None:
@@ -143,9 +165,7 @@ def get_target_class(name: str) -> type[Target]:
 
 
 def _unknown_target(name: str) -> UsageError:
-    from greencc.targets.tags import TAGS
-
-    close = difflib.get_close_matches(name, [*registered_targets(), *TAGS], n=3)
+    close = difflib.get_close_matches(name, [*registered_targets(), *registered_tags()], n=3)
     hint = f"did you mean {', '.join(close)}?" if close else "run `greencc targets` to list them"
     return UsageError(f"unknown target '{name}'", hint=hint)
 
@@ -173,11 +193,10 @@ def resolve_target(target: Target | str, **options: Any) -> Target:
     if name in targets:
         cls = targets[name]
     else:
-        from greencc.targets.tags import TAGS
-
-        if name not in TAGS:
+        tags = registered_tags()
+        if name not in tags:
             raise _unknown_target(name)
-        target_name, profile_name = TAGS[name]
+        target_name, profile_name = tags[name]
         cls = targets.get(target_name)
         if cls is None:
             raise TargetUnavailableError(

@@ -14,9 +14,8 @@ import numpy as np
 from greencc.errors import UsageError
 from greencc.ir import infer_shapes, symbolic_dims
 from greencc.model import Model
-from greencc.passes.cleanup.dce import DeadCodeElimination
 from greencc.passes.lib.graph_edits import NameScope
-from greencc.pipeline.base import Pass, PassResult, register_pass
+from greencc.pipeline.base import Pass, PassResult, get_pass_class, register_pass
 from greencc.pipeline.context import PassContext
 from greencc.verify.fidelity import measure_fidelity
 
@@ -155,7 +154,7 @@ class PruneHeads(Pass):
             pruned += drop
             removed += int(drop == block.num_heads)
         if pruned:
-            DeadCodeElimination().call(model, ctx)
+            get_pass_class("dce")().call(model, ctx)
             refresh_shapes(model)
         return pruned, removed
 

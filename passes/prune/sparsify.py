@@ -22,10 +22,9 @@ import onnx_ir as ir
 from greencc.errors import PassError, UsageError
 from greencc.ir import get_meta, set_meta
 from greencc.model import Model
-from greencc.passes.cleanup.dce import DeadCodeElimination
 from greencc.passes.lib.graph_edits import NameScope, constant_array, new_initializer
 from greencc.passes.lib.matching import int_attr, label
-from greencc.pipeline.base import Pass, PassResult, register_pass
+from greencc.pipeline.base import Pass, PassResult, get_pass_class, register_pass
 from greencc.pipeline.context import PassContext
 
 from .calibration import scoring_samples
@@ -135,7 +134,7 @@ class Sparsify(Pass):
         stats = {"weights": len(nodes), "zeros": zeroed, "weight_elements": total,
                  "density": 1 - zeroed / max(1, total)}
         if changed:
-            DeadCodeElimination().call(model, PassContext())
+            get_pass_class("dce")().call(model, PassContext())
         return PassResult(model, changed > 0, stats)
 
 

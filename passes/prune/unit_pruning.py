@@ -28,9 +28,8 @@ import onnx_ir as ir
 from greencc.errors import UsageError
 from greencc.ir import get_meta, set_meta
 from greencc.model import Model
-from greencc.passes.cleanup.dce import DeadCodeElimination
 from greencc.passes.lib.graph_edits import NameScope, constant_array, new_initializer
-from greencc.pipeline.base import Pass, PassResult
+from greencc.pipeline.base import Pass, PassResult, get_pass_class
 from greencc.pipeline.context import PassContext
 from greencc.verify.fidelity import measure_fidelity
 
@@ -378,7 +377,7 @@ class UnitPruning(Pass):
             set_meta(group.producer, ORIGINAL_WIDTH_KEY, original)
             pruned += len(removed)
         if pruned:
-            DeadCodeElimination().call(model, PassContext())
+            get_pass_class("dce")().call(model, PassContext())
             refresh_shapes(model)
         return pruned
 

@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from greencc.cost.profile import HardwareProfile
 from greencc.errors import GreenccError, ModelLoadError, UnsupportedOpError, UsageError
+from greencc.frontend.onnx_file import load
+from greencc.ir import to_self_contained_proto
+from greencc.ir.io import save_model
+from greencc.ir.shapes import symbolic_dims, with_static_inputs
+from greencc.pipeline.context import PassContext
+from greencc.pipeline.manager import PassManager
 from greencc.target import (
     FALLBACK_PREFIX,
     UNSUPPORTED,
@@ -31,7 +38,19 @@ from greencc.target import (
     group_partitions,
     register_target,
 )
+from greencc.targets.asic.graph import AsicCall, accelerator_proto, node_names, plan
+from greencc.targets.asic.relax import (
+    AcceleratorSession,
+    active,
+    register_packed_function,
+    to_relax,
+)
+from greencc.targets.asic.sim import SystolicSimulator
+from greencc.targets.asic.spec import SystolicArraySpec
 from greencc.targets.tvm import env as tvm_env
+from greencc.targets.tvm.build import build_checked, fused_module
+from greencc.targets.tvm.onnx_import import tvm_supported_ops
+from greencc.verify.feeds import random_feeds
 
 if TYPE_CHECKING:
     from greencc.cost.profile import HardwareProfile
@@ -65,8 +84,6 @@ class AsicCompiledModel(CompiledModel):
                  host_nodes: Mapping[str, str], hardware: HardwareProfile, target_spec: Mapping[str, Any],
                  options: Mapping[str, Any], profile_name: str | None = None,
                  compile_s: float | None = None) -> None:
-        from greencc.targets.asic.relax import register_packed_function
-        from greencc.targets.asic.spec import SystolicArraySpec
 
         super().__init__(target, model, options=options, profile_name=profile_name)
         self.executable = executable
@@ -98,7 +115,6 @@ class AsicCompiledModel(CompiledModel):
         """Run once (on seeded random feeds when ``None``) and return the simulated figures.
         Cycles, MACs, bytes and energy depend on the shapes only, not on the values."""
         if feeds is None:
-            from greencc.verify.feeds import random_feeds
 
             feeds = random_feeds(self.model, seed=0)
         self(feeds)
@@ -107,8 +123,6 @@ class AsicCompiledModel(CompiledModel):
 
     def session(self, *, trace: bool = False) -> AcceleratorSession:
         """A fresh accelerator session (simulator and counters) for one run."""
-        from greencc.targets.asic.relax import AcceleratorSession
-        from greencc.targets.asic.sim import SystolicSimulator
 
         return AcceleratorSession({c.call_id: c for c in self.calls},
                                   SystolicSimulator(self.array, self.hardware.name), trace=trace)
@@ -125,7 +139,6 @@ class AsicCompiledModel(CompiledModel):
     def _run_in(self, session: AcceleratorSession, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tvm
 
-        from greencc.targets.asic.relax import active
 
         tvm_env.set_runtime_threads(int(self.options["threads"]))
         args = [tvm.runtime.tensor(np.ascontiguousarray(arrays[s.name])) for s in self.model.inputs]
@@ -165,7 +178,6 @@ class AsicCompiledModel(CompiledModel):
                           compile_s=self.compile_s)
 
     def _save_artifact(self, directory: Path) -> list[str]:
-        from greencc.ir.io import save_model
 
         if shutil.which("g++") is None and shutil.which("gcc") is None:
             raise UsageError("saving an asic-int8 model needs a C compiler to link the host library",
@@ -182,9 +194,6 @@ class AsicCompiledModel(CompiledModel):
     def _load_artifact(cls, directory: Path, manifest: dict[str, Any]) -> AsicCompiledModel:
         import tvm
 
-        from greencc.cost.profile import HardwareProfile
-        from greencc.frontend.onnx_file import load
-        from greencc.targets.asic.graph import AsicCall
 
         for name in (LIBRARY_FILE, MODEL_FILE, ASIC_FILE):
             if name not in manifest["files"] or not (directory / name).is_file():
@@ -243,7 +252,6 @@ class AsicInt8(Target):
 
     def profile_by_name(self, name: str) -> HardwareProfile:  # type: ignore[override]
         """A built-in profile, or the one a subclass pins (so its artifacts reload)."""
-        from greencc.cost.profile import HardwareProfile
 
         pinned = getattr(type(self), "profile", None)
         if isinstance(pinned, HardwareProfile) and pinned.name == name:
@@ -264,15 +272,11 @@ class AsicInt8(Target):
 
     def array(self) -> SystolicArraySpec:
         """The accelerator of this target's profile (``UsageError`` when it has none)."""
-        from greencc.targets.asic.spec import SystolicArraySpec
 
         return SystolicArraySpec.from_profile(self.profile)
 
     def placement(self, model: Model) -> Placement:
         """Where each node of ``model`` runs (accelerator, host, unsupported)."""
-        from greencc.ir import to_self_contained_proto
-        from greencc.targets.asic.graph import node_names, plan
-        from greencc.targets.tvm.onnx_import import tvm_supported_ops
 
         return plan(node_names(to_self_contained_proto(model.ir)), tvm_supported_ops())
 
@@ -297,12 +301,6 @@ class AsicInt8(Target):
     def lower(self, model: Model, ctx: PassContext | None = None) -> AsicCompiledModel:
         """Compile for the accelerator and the host; ``ctx.dims`` binds symbolic dims (1
         when unbound). Raises ``UnsupportedOpError`` naming a node nothing here runs."""
-        from greencc.ir import to_self_contained_proto
-        from greencc.ir.shapes import symbolic_dims
-        from greencc.targets.asic.graph import accelerator_proto, node_names, plan
-        from greencc.targets.asic.relax import register_packed_function, to_relax
-        from greencc.targets.tvm.build import build_checked, fused_module
-        from greencc.targets.tvm.onnx_import import tvm_supported_ops
 
         self.require_available()
         started = time.perf_counter()
@@ -335,12 +333,9 @@ class AsicInt8(Target):
 
 def _prepare(model: Model, dims: Mapping[str, int]) -> Model:
     """A static-shaped, cleaned-up copy of ``model`` that keeps its int8 weights int8."""
-    from greencc.driver import optimize
-    from greencc.ir.shapes import with_static_inputs
 
     static = with_static_inputs(model, dict(dims)) if dims else model.clone()
-    prepared, _ = optimize(static, PREPARE_PIPELINE, target=None, verify=False)
-    return prepared
+    return PassManager(PREPARE_PIPELINE).run(static, PassContext(verify=False))
 
 
 __all__ = ["AsicCompiledModel", "AsicInt8"]

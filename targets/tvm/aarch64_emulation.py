@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from greencc.cache import cache_dir
 from greencc.errors import GreenccError, TargetUnavailableError
 
 ROOT_ENV = "GREENCC_AARCH64_ROOT"
@@ -116,7 +117,6 @@ def emulation_root() -> Path:
     given = os.environ.get(ROOT_ENV)
     if given:
         return Path(given).expanduser()
-    from greencc.cost.calibrate import cache_dir
 
     return cache_dir() / "aarch64-root"
 

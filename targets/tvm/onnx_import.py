@@ -16,7 +16,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from greencc.errors import GreenccError, UnsupportedOpError
+from greencc.ir import to_self_contained_proto
+from greencc.ir.shapes import symbolic_dims, with_static_inputs
 from greencc.ir.traversal import node_label
+from greencc.pipeline.context import PassContext
+from greencc.pipeline.manager import PassManager
 
 if TYPE_CHECKING:
     from greencc.model import Model
@@ -32,14 +36,11 @@ def prepare_for_tvm(model: Model, dims: Mapping[str, int] | None) -> Model:
     ``dims`` binds symbolic input dims (``{"batch": 8}``); unbound ones raise
     ``UsageError`` naming the input and axis. ``model`` is not modified.
     """
-    from greencc.driver import optimize
-    from greencc.ir.shapes import symbolic_dims, with_static_inputs
 
     names = symbolic_dims(model.ir)
     bound = {name: int(size) for name, size in (dims or {}).items() if name in names}
     static = with_static_inputs(model, bound) if names else model.clone()
-    prepared, _ = optimize(static, PREPARE_PIPELINE, target=None, verify=False)
-    return prepared
+    return PassManager(PREPARE_PIPELINE).run(static, PassContext(verify=False))
 
 
 def tvm_supported_ops() -> frozenset[str]:
@@ -81,7 +82,6 @@ def to_relax(model: Model) -> Any:
     Weights become constants of the module. Raises ``UnsupportedOpError`` naming the node
     and op when TVM fails to convert one, and ``GreenccError`` for any other import failure.
     """
-    from greencc.ir import to_self_contained_proto
 
     check_importable(model)
     return import_proto(

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from greencc.cache import cache_dir
 from greencc.errors import TargetUnavailableError
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,6 @@ class TuningSummary:
 
 def default_cache_dir() -> Path:
     """``$GREENCC_CACHE_DIR/tvm`` (default ``~/.cache/greencc/tvm``)."""
-    from greencc.cost.calibrate import cache_dir
 
     return cache_dir() / "tvm"
 

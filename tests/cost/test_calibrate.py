@@ -13,19 +13,19 @@ import onnx.parser
 import pytest
 
 import greencc as gc
+from greencc import calibration as cal
+from greencc.calibration import calibrate, predict_latency, target_graph
+from greencc.calibration import run as calibration_run
 from greencc.cli import main
-from greencc.cost import calibrate as cal
-from greencc.cost.calibrate import (
+from greencc.cost import kernel_model as km
+from greencc.cost.kernel_model import (
     FITTED_DTYPES,
     Calibration,
     KernelModel,
     NodeFeatures,
-    calibrate,
     find_calibration,
     fit_kernel_model,
     node_features,
-    predict_latency,
-    target_graph,
 )
 from greencc.cost.profile import HardwareProfile
 from greencc.errors import UsageError
@@ -38,7 +38,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _start_profile() -> HardwareProfile:
-    return cal.initial_profile("ort-cpu", 2, HardwareProfile.named("x86-avx512"))
+    return km.initial_profile("ort-cpu", 2, HardwareProfile.named("x86-avx512"))
 
 
 def _small(name: str) -> list[cal.MicroBenchmark]:
@@ -170,7 +170,7 @@ def test_calibrate_saves_and_ort_cpu_uses_it(cache: Path, tmp_path: Path) -> Non
     calibration = calibrate("ort-cpu", threads=1, benchmarks=_small("neg[1]x1|neg[1]x16|add 4K|matmul 16x32x32"),
                             min_time_s=0.02)
     assert calibration.profile.name == "ort-cpu-1threads" and calibration.profile.calibrated
-    assert cal.ENERGY_UNCALIBRATED_MARK in calibration.profile.calibration_note
+    assert km.ENERGY_UNCALIBRATED_MARK in calibration.profile.calibration_note
     assert len(calibration.fit["benchmarks"]) == 4 and calibration.fit["background_load"]
     path = calibration.save()
     assert path == cache / "profiles" / "ort-cpu-1threads.json"
@@ -202,7 +202,7 @@ def test_a_calibration_from_another_machine_is_ignored(cache: Path) -> None:
 
 def test_cli_cost_calibrate(cache: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     few = _small("neg[1]x1|neg[1]x16|add 4K")
-    monkeypatch.setattr(cal, "default_benchmarks", lambda: few)
+    monkeypatch.setattr(calibration_run, "default_benchmarks", lambda: few)
     assert main(["cost", "calibrate", "-t", "ort-cpu", "--threads", "1", "--min-time", "0.01"]) == 0
     out = capsys.readouterr().out
     assert "calibrated ort-cpu with 1 thread(s)" in out and "fit error: median" in out

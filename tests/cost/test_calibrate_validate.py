@@ -11,8 +11,8 @@ import onnx
 import pytest
 
 import greencc as gc
-from greencc.cost import calibrate as cal
-from greencc.cost.validate import (
+from greencc import calibration as cal
+from greencc.calibration.validate import (
     SECTION_TITLE,
     CaseResult,
     PredictorScore,
@@ -137,7 +137,7 @@ def test_validate_without_a_calibration_says_how_to_make_one() -> None:
 
 
 def test_default_suite_holds_the_decoder_and_the_vit() -> None:
-    from greencc.cost.validate import default_suite
+    from greencc.calibration.validate import default_suite
 
     full = {c.name: c for c in default_suite()}
     for family in ("gpt2", "vit"):

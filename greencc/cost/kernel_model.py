@@ -1,18 +1,11 @@
-"""``greencc cost calibrate``: fit a target's cost model to this machine.
+"""The calibrated kernel model of a target on this machine: per-node features read back
+through probe profiles, the log-space least-squares fit (effective throughput per dtype
+class, bandwidth per memory level, per-kernel efficiency, size exponent, dispatch and
+per-inference overhead), the calibrated :class:`HardwareProfile` built from its global
+terms, and where calibrations are stored (``<cache>/profiles``) and found again.
 
-Micro-benchmarks (MatMul/Gemm across shapes, batched MatMul, Conv, elementwise, reductions,
-Softmax, LayerNorm, int8 MatMulInteger/ConvInteger, and the contrib kernels ONNX Runtime
-fuses to) run through the real target with its thread count. Their work — MAC-equivalents
-per dtype class, bytes per memory level — is read back from
-:func:`~greencc.cost.estimate.estimate_cost` itself (through probe profiles), so the fit
-and the estimate count the same things. A log-space least-squares fit gives a
-:class:`KernelModel`: effective throughput per dtype class, bandwidth per memory level,
-per-kernel efficiency, size exponent and dispatch overhead, and the per-inference
-overhead. Its global terms become a calibrated :class:`HardwareProfile` (JSON) that
-``-t ort-cpu`` uses; the per-kernel terms, which the profile has no fields for, live in the
-``.calibration.json`` record beside it with the machine, date, thread count and fit error.
-Predictions are per *fused kernel*: :func:`target_graph` asks ONNX Runtime which graph it
-actually runs, and :func:`predict_latency` prices that graph.
+Running the micro-benchmarks that feed the fit is ``greencc.calibration``'s job; this
+module only fits and prices, so the cost model never runs a model.
 """
 
 from __future__ import annotations
@@ -24,17 +17,14 @@ import math
 import os
 import platform
 import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-import onnx.helper as oh
-from onnx import TensorProto
 
+from greencc.cache import cache_dir
 from greencc.cost.profile import HardwareProfile, MemoryLevel
 from greencc.errors import UsageError
 from greencc.ir.shapes import with_static_inputs
@@ -45,27 +35,16 @@ CALIBRATION_SCHEMA = "greencc.calibration/1"
 # Written into a calibrated profile's calibration_note: the energy terms (pJ/MAC, pJ/byte,
 # static power) were not fitted, since no energy meter was read. The report says so.
 ENERGY_UNCALIBRATED_MARK = "energy terms not calibrated"
-CACHE_ENV = "GREENCC_CACHE_DIR"
 FITTED_DTYPES = ("float32", "int8")
 # The host profile's core count (x86-avx512 models a 96-core EPYC 9654, arm-cortex-a76 a
 # 4-core cluster): static power is scaled to the cores a calibrated profile uses.
 HOST_PROFILE_CORES = {"x86-avx512": 96, "arm-cortex-a76": 4}
-_OPSET = 18
 _BIG = 1e30  # a probe profile's "infinitely fast" throughput or bandwidth
 
 
 # --------------------------------------------------------------------------------------
 # Where calibrated profiles live
 # --------------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    """greencc's user cache: ``$GREENCC_CACHE_DIR``, else ``$XDG_CACHE_HOME/greencc``, else
-    ``~/.cache/greencc``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "greencc"
-
-
 def profiles_dir() -> Path:
     """Where calibrated profiles are saved: ``<cache_dir>/profiles``."""
     return cache_dir() / "profiles"
@@ -200,419 +179,6 @@ def find_calibrated_profile(target: str, threads: int | None) -> HardwareProfile
     """The profile :func:`find_calibration` finds, or ``None``."""
     calibration = find_calibration(target, threads)
     return calibration.profile if calibration is not None else None
-
-
-# --------------------------------------------------------------------------------------
-# Micro-benchmarks
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MicroBenchmark:
-    """One calibration workload: a small ONNX model exercising ``op_class`` in ``dtype``."""
-
-    name: str
-    op_class: str
-    dtype: str
-    build: Callable[[], onnx.ModelProto]
-
-
-def _tensor(name: str, dtype: int, shape: Sequence[int | str]) -> onnx.ValueInfoProto:
-    return oh.make_tensor_value_info(name, dtype, list(shape))
-
-
-def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
-    return onnx.numpy_helper.from_array(array, name)
-
-
-def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
-           outputs: list[onnx.ValueInfoProto], inits: Sequence[onnx.TensorProto] = (),
-           contrib: bool = False, opset: int = _OPSET) -> onnx.ModelProto:
-    graph = oh.make_graph(nodes, "bench", inputs, outputs, list(inits))
-    opsets = [oh.make_opsetid("", opset)]
-    if contrib:
-        opsets.append(oh.make_opsetid("com.microsoft", 1))
-    return oh.make_model(graph, opset_imports=opsets, ir_version=9)
-
-
-def _rand(shape: Sequence[int], dtype: Any = np.float32, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    if np.dtype(dtype).kind in "iu":
-        info = np.iinfo(dtype)
-        return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
-    return (rng.standard_normal(shape) * 0.1).astype(dtype)
-
-
-F = TensorProto.FLOAT
-
-
-def _matmul(m: int, k: int, n: int, batch: Sequence[int] = ()) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        if batch:  # activations on both sides, as attention's QKᵀ and ·V
-            return _model([oh.make_node("MatMul", ["a", "b"], ["y"])],
-                          [_tensor("a", F, [*batch, m, k]), _tensor("b", F, [*batch, k, n])],
-                          [_tensor("y", F, [*batch, m, n])])
-        return _model([oh.make_node("MatMul", ["a", "w"], ["y"])], [_tensor("a", F, [m, k])],
-                      [_tensor("y", F, [m, n])], [_const("w", _rand([k, n]))])
-    return build
-
-
-def _gemm(m: int, k: int, n: int) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        return _model([oh.make_node("Gemm", ["a", "w", "b"], ["y"], transB=1)], [_tensor("a", F, [m, k])],
-                      [_tensor("y", F, [m, n])], [_const("w", _rand([n, k])), _const("b", _rand([n]))])
-    return build
-
-
-def _conv(n: int, c_in: int, c_out: int, size: int, kernel: int = 3) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        pad = kernel // 2
-        return _model(
-            [oh.make_node("Conv", ["x", "w", "b"], ["y"], pads=[pad] * 4, kernel_shape=[kernel, kernel])],
-            [_tensor("x", F, [n, c_in, size, size])], [_tensor("y", F, [n, c_out, size, size])],
-            [_const("w", _rand([c_out, c_in, kernel, kernel])), _const("b", _rand([c_out]))])
-    return build
-
-
-def _unary(op: str, shape: Sequence[int], chain: int = 1, domain: str = "",
-           out_type: int = TensorProto.FLOAT) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        nodes = []
-        previous = "x"
-        for i in range(chain):
-            out = "y" if i == chain - 1 else f"t{i}"
-            nodes.append(oh.make_node(op, [previous], [out], domain=domain))
-            previous = out
-        return _model(nodes, [_tensor("x", F, shape)], [_tensor("y", out_type, shape)], contrib=bool(domain))
-    return build
-
-
-def _binary(op: str, shape: Sequence[int]) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        return _model([oh.make_node(op, ["a", "b"], ["y"])], [_tensor("a", F, shape), _tensor("b", F, shape)],
-                      [_tensor("y", F, shape)])
-    return build
-
-
-def _reduce(op: str, shape: Sequence[int]) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        out_shape = [*shape[:-1], 1]
-        return _model([oh.make_node(op, ["x", "axes"], ["y"], keepdims=1)], [_tensor("x", F, shape)],
-                      [_tensor("y", F, out_shape)], [_const("axes", np.array([-1], np.int64))])
-    return build
-
-
-def _softmax(shape: Sequence[int]) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        return _model([oh.make_node("Softmax", ["x"], ["y"], axis=-1)], [_tensor("x", F, shape)],
-                      [_tensor("y", F, shape)])
-    return build
-
-
-def _layernorm(rows: int, hidden: int) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        return _model([oh.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1)],
-                      [_tensor("x", F, [rows, hidden])], [_tensor("y", F, [rows, hidden])],
-                      [_const("g", _rand([hidden], seed=1) + 1), _const("b", _rand([hidden], seed=2))])
-    return build
-
-
-def _skip_layernorm(rows: int, hidden: int) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        shape = [rows // 128, 128, hidden] if rows % 128 == 0 else [1, rows, hidden]
-        return _model(
-            [oh.make_node("SkipLayerNormalization", ["x", "s", "g", "b"], ["y"], domain="com.microsoft")],
-            [_tensor("x", F, shape), _tensor("s", F, shape)],
-            [_tensor("y", F, shape)],
-            [_const("g", _rand([hidden], seed=1) + 1), _const("b", _rand([hidden], seed=2))], contrib=True)
-    return build
-
-
-def _bias_gelu(rows: int, hidden: int) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        return _model([oh.make_node("BiasGelu", ["x", "b"], ["y"], domain="com.microsoft")],
-                      [_tensor("x", F, [rows, hidden])], [_tensor("y", F, [rows, hidden])],
-                      [_const("b", _rand([hidden]))], contrib=True)
-    return build
-
-
-def _attention(batch: int, seq: int, hidden: int, heads: int) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        return _model(
-            [oh.make_node("Attention", ["x", "w", "b", "mask"], ["y"], domain="com.microsoft", num_heads=heads)],
-            [_tensor("x", F, [batch, seq, hidden]), _tensor("mask", TensorProto.INT32, [batch, seq])],
-            [_tensor("y", F, [batch, seq, hidden])],
-            [_const("w", _rand([hidden, 3 * hidden])), _const("b", _rand([3 * hidden]))], contrib=True)
-    return build
-
-
-def _transpose(shape: Sequence[int], perm: Sequence[int]) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        return _model([oh.make_node("Transpose", ["x"], ["y"], perm=list(perm))], [_tensor("x", F, shape)],
-                      [_tensor("y", F, [shape[p] for p in perm])])
-    return build
-
-
-def _gather(vocab: int, hidden: int, tokens: int) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        return _model([oh.make_node("Gather", ["table", "ids"], ["y"], axis=0)],
-                      [_tensor("ids", TensorProto.INT64, [1, tokens])], [_tensor("y", F, [1, tokens, hidden])],
-                      [_const("table", _rand([vocab, hidden]))])
-    return build
-
-
-def _matmul_integer(m: int, k: int, n: int) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        return _model(
-            [oh.make_node("MatMulInteger", ["a", "w", "az", "wz"], ["y"])],
-            [_tensor("a", TensorProto.UINT8, [m, k])], [_tensor("y", TensorProto.INT32, [m, n])],
-            [_const("w", _rand([k, n], np.int8)), _const("az", np.array(128, np.uint8)),
-             _const("wz", np.array(0, np.int8))])
-    return build
-
-
-def _conv_integer(n: int, c_in: int, c_out: int, size: int) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        return _model(
-            [oh.make_node("ConvInteger", ["x", "w", "xz"], ["y"], pads=[1] * 4, kernel_shape=[3, 3])],
-            [_tensor("x", TensorProto.UINT8, [n, c_in, size, size])],
-            [_tensor("y", TensorProto.INT32, [n, c_out, size, size])],
-            [_const("w", _rand([c_out, c_in, 3, 3], np.int8)), _const("xz", np.array(128, np.uint8))])
-    return build
-
-
-def _dynamic_quantize(rows: int, hidden: int) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        return _model([oh.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])],
-                      [_tensor("x", F, [rows, hidden])],
-                      [_tensor("y", TensorProto.UINT8, [rows, hidden]), _tensor("s", F, []),
-                       _tensor("z", TensorProto.UINT8, [])])
-    return build
-
-
-def _where(heads: int, seq: int, batch: int = 1) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:  # the attention-mask select of torch's SDPA export
-        return _model(
-            [oh.make_node("Where", ["mask", "x", "fill"], ["y"])],
-            [_tensor("mask", TensorProto.BOOL, [batch, 1, 1, seq]), _tensor("x", F, [batch, heads, seq, seq])],
-            [_tensor("y", F, [batch, heads, seq, seq])], [_const("fill", np.array(-1e4, np.float32))])
-    return build
-
-
-def _cast(shape: Sequence[int]) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        return _model([oh.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
-                      [_tensor("x", TensorProto.INT64, shape)], [_tensor("y", F, shape)])
-    return build
-
-
-def _add_chain(shape: Sequence[int], chain: int) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        nodes = []
-        previous = "x"
-        for i in range(chain):
-            out = "y" if i == chain - 1 else f"t{i}"
-            nodes.append(oh.make_node("Add", [previous, "c"], [out]))
-            previous = out
-        return _model(nodes, [_tensor("x", F, shape)], [_tensor("y", F, shape)],
-                      [_const("c", _rand([shape[-1]]))])
-    return build
-
-
-def _shape_ops(seq: int, hidden: int, repeats: int) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:  # Shape -> Gather -> Unsqueeze -> Concat -> Reshape, as exports do;
-        # a symbolic batch keeps ONNX Runtime from folding them away, as in a real export
-        nodes = []
-        previous = "x"
-        for i in range(repeats):
-            out = "y" if i == repeats - 1 else f"r{i}"
-            nodes += [
-                oh.make_node("Shape", [previous], [f"s{i}"]),
-                oh.make_node("Gather", [f"s{i}", "zero"], [f"b{i}"], axis=0),
-                oh.make_node("Unsqueeze", [f"b{i}", "axis0"], [f"u{i}"]),
-                oh.make_node("Concat", [f"u{i}", "rest"], [f"c{i}"], axis=0),
-                oh.make_node("Reshape", [previous, f"c{i}"], [out]),
-            ]
-            previous = out
-        return _model(nodes, [_tensor("x", F, ["batch", seq, hidden])], [_tensor("y", F, ["batch", seq, hidden])],
-                      [_const("zero", np.array(0, np.int64)), _const("axis0", np.array([0], np.int64)),
-                       _const("rest", np.array([seq, hidden], np.int64))])
-    return build
-
-
-def _gelu(rows: int, hidden: int, domain: str = "") -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:  # ONNX Gelu (opset 20) or com.microsoft's
-        return _model([oh.make_node("Gelu", ["x"], ["y"], domain=domain)],
-                      [_tensor("x", F, [rows, hidden])], [_tensor("y", F, [rows, hidden])],
-                      contrib=bool(domain), opset=20)
-    return build
-
-
-def _embed_layernorm(batch: int, seq: int, hidden: int, vocab: int) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:
-        return _model(
-            [oh.make_node("EmbedLayerNormalization", ["ids", "", "words", "positions", "", "g", "b"], ["y", "mask_index"],
-                          domain="com.microsoft", epsilon=1e-12)],
-            [_tensor("ids", TensorProto.INT32, [batch, seq])],
-            [_tensor("y", F, [batch, seq, hidden]), _tensor("mask_index", TensorProto.INT32, [batch])],
-            [_const("words", _rand([vocab, hidden])), _const("positions", _rand([seq, hidden], seed=1)),
-             _const("g", _rand([hidden], seed=2) + 1), _const("b", _rand([hidden], seed=3))], contrib=True)
-    return build
-
-
-def _fused_matmul(batch: int, heads: int, seq: int, head_size: int) -> Callable[[], onnx.ModelProto]:
-    def build() -> onnx.ModelProto:  # attention scores as ORT fuses them: alpha·Q·Kᵀ
-        shape = [batch, heads, seq, head_size]
-        return _model([oh.make_node("FusedMatMul", ["q", "k"], ["y"], domain="com.microsoft",
-                                    alpha=head_size ** -0.5, transB=1)],
-                      [_tensor("q", F, shape), _tensor("k", F, shape)],
-                      [_tensor("y", F, [batch, heads, seq, seq])], contrib=True)
-    return build
-
-
-def _chained(build: Callable[[], onnx.ModelProto], length: int, data_input: int = 0) -> Callable[[], onnx.ModelProto]:
-    """``build``'s single node repeated ``length`` times, each feeding the next through its
-    ``data_input``: inside a graph, intermediate tensors come from the runtime's arena and
-    only the last one is a graph output, as in a real model."""
-    def chained() -> onnx.ModelProto:
-        model = build()
-        (node,) = model.graph.node
-        weights = {init.name: init for init in model.graph.initializer}
-        previous = node.input[data_input]
-        nodes = []
-        for i in range(length):
-            copy = onnx.NodeProto()
-            copy.CopyFrom(node)
-            copy.input[data_input] = previous
-            copy.output[0] = node.output[0] if i == length - 1 else f"chain{i}"
-            for j, name in enumerate(copy.input):
-                if i and name in weights:  # own weights per node, as in a model (no shared prepacking)
-                    clone = onnx.TensorProto()
-                    clone.CopyFrom(weights[name])
-                    clone.name = f"{name}_{i}"
-                    model.graph.initializer.append(clone)
-                    copy.input[j] = clone.name
-            previous = copy.output[0]
-            nodes.append(copy)
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        return model
-    return chained
-
-
-def default_benchmarks() -> list[MicroBenchmark]:
-    """The calibration suite: every op class the cost model prices, at several sizes.
-
-    Shapes span overhead-bound (a single element), cache-resident and DRAM-sized tensors,
-    and the transformer and CNN shapes greencc's models use (hidden 32/384/1536, seq 16/128,
-    12 heads; 8x8 digits, 56x56 feature maps). None of the validation models is run here.
-    """
-    b = MicroBenchmark
-    return [
-        # Dispatch: chains of single-element ops isolate per-op and per-inference overhead.
-        b("neg[1]x1", "elementwise", "float32", _unary("Neg", [1], 1)),
-        b("neg[1]x16", "elementwise", "float32", _unary("Neg", [1], 16)),
-        b("neg[1]x64", "elementwise", "float32", _unary("Neg", [1], 64)),
-        b("add [16,32]x1", "elementwise", "float32", _add_chain([16, 32], 1)),
-        b("add [16,32]x16", "elementwise", "float32", _add_chain([16, 32], 16)),
-        b("add [128,384]x8", "elementwise", "float32", _add_chain([128, 384], 8)),
-        b("shape ops x4", "data-movement", "float32", _shape_ops(16, 32, 4)),
-        b("shape ops x16", "data-movement", "float32", _shape_ops(16, 32, 16)),
-        # Chains: the same kernel back to back, as inside a model (arena-allocated
-        # intermediates, one graph output), against the single-node benchmarks below.
-        b("matmul 32x32x32 x8", "matmul", "float32", _chained(_matmul(32, 32, 32), 8)),
-        b("matmul 128x384x384 x4", "matmul", "float32", _chained(_matmul(128, 384, 384), 4)),
-        b("softmax 2x16x16 x8", "softmax", "float32", _chained(_softmax([2, 16, 16]), 8)),
-        b("softmax 12x128x128 x4", "softmax", "float32", _chained(_softmax([12, 128, 128]), 4)),
-        b("layernorm 16x32 x8", "normalization", "float32", _chained(_layernorm(16, 32), 8)),
-        b("skiplayernorm 16x32 x8", "normalization", "float32", _chained(_skip_layernorm(16, 32), 8)),
-        b("gelu 16x64 x8", "elementwise", "float32", _chained(_gelu(16, 64), 8)),
-        b("biasgelu 32x64 x8", "elementwise", "float32", _chained(_bias_gelu(32, 64), 8)),
-        b("where 1x2x16x16 x8", "elementwise", "float32", _chained(_where(2, 16, 1), 8, data_input=1)),
-        b("transpose 2x16x2x16 x8", "data-movement", "float32",
-          _chained(_transpose([2, 16, 2, 16], [0, 2, 1, 3]), 8)),
-        b("relu 64K x8", "elementwise", "float32", _chained(_unary("Relu", [65536]), 8)),
-        b("attention 1x16x32 h2 x4", "matmul", "float32", _chained(_attention(1, 16, 32, 2), 4)),
-        # MatMul / Gemm across shapes (weights as initializers, as in a model).
-        b("matmul 1x384x384", "matmul", "float32", _matmul(1, 384, 384)),
-        b("matmul 16x32x32", "matmul", "float32", _matmul(16, 32, 32)),
-        b("matmul 128x384x384", "matmul", "float32", _matmul(128, 384, 384)),
-        b("matmul 128x384x1536", "matmul", "float32", _matmul(128, 384, 1536)),
-        b("matmul 128x1536x384", "matmul", "float32", _matmul(128, 1536, 384)),
-        b("matmul 512x512x512", "matmul", "float32", _matmul(512, 512, 512)),
-        b("matmul 1024x384x1536", "matmul", "float32", _matmul(1024, 384, 1536)),
-        b("gemm 8x16x10", "matmul", "float32", _gemm(8, 16, 10)),
-        b("gemm 128x384x384", "matmul", "float32", _gemm(128, 384, 384)),
-        b("gemm 1024x1536x384", "matmul", "float32", _gemm(1024, 1536, 384)),
-        # Batched MatMul, attention-shaped.
-        b("bmm 2x16x16x16", "matmul", "float32", _matmul(16, 16, 16, batch=[2])),
-        b("bmm 12x128x32x128", "matmul", "float32", _matmul(128, 32, 128, batch=[12])),
-        b("bmm 12x128x128x32", "matmul", "float32", _matmul(128, 128, 32, batch=[12])),
-        b("bmm 96x128x32x128", "matmul", "float32", _matmul(128, 32, 128, batch=[96])),
-        # Conv.
-        b("conv 1x1->8 8x8", "conv", "float32", _conv(1, 1, 8, 8)),
-        b("conv 8x8->16 4x4", "conv", "float32", _conv(8, 8, 16, 4)),
-        b("conv 1x32->64 56x56", "conv", "float32", _conv(1, 32, 64, 56)),
-        b("conv 8x16->32 28x28", "conv", "float32", _conv(8, 16, 32, 28)),
-        # Elementwise: cache-resident to DRAM-sized, cheap and transcendental.
-        b("add 4K", "elementwise", "float32", _binary("Add", [4096])),
-        b("add 256K", "elementwise", "float32", _binary("Add", [262144])),
-        b("add 4M", "elementwise", "float32", _binary("Add", [4 << 20])),
-        b("add 32M", "elementwise", "float32", _binary("Add", [32 << 20])),
-        b("mul 1M", "elementwise", "float32", _binary("Mul", [1 << 20])),
-        b("relu 64K", "elementwise", "float32", _unary("Relu", [65536])),
-        b("relu 16M", "elementwise", "float32", _unary("Relu", [16 << 20])),
-        b("relu 96M", "elementwise", "float32", _unary("Relu", [96 << 20])),
-        b("where 1x12x128x128", "elementwise", "float32", _where(12, 128)),
-        b("where 8x2x16x16", "elementwise", "float32", _where(2, 16, 8)),
-        b("where 1x2x16x16", "elementwise", "float32", _where(2, 16, 1)),
-        b("cast [1,16]", "elementwise", "float32", _cast([1, 16])),
-        b("isnan 2x16x16", "elementwise", "float32", _unary("IsNaN", [2, 16, 16], out_type=TensorProto.BOOL)),
-        b("cast 128x384", "elementwise", "float32", _cast([128, 384])),
-        b("gelu 128x1536", "elementwise", "float32", _gelu(128, 1536)),
-        b("gelu 16x64", "elementwise", "float32", _gelu(16, 64)),
-        b("ms gelu 128x1536", "elementwise", "float32", _gelu(128, 1536, "com.microsoft")),
-        b("isnan 12x128x128", "elementwise", "float32", _unary("IsNaN", [12, 128, 128], out_type=TensorProto.BOOL)),
-        b("exp 256K", "elementwise", "float32", _unary("Exp", [262144])),
-        b("erf 1M", "elementwise", "float32", _unary("Erf", [1 << 20])),
-        b("biasgelu 128x1536", "elementwise", "float32", _bias_gelu(128, 1536)),
-        b("biasgelu 1024x1536", "elementwise", "float32", _bias_gelu(1024, 1536)),
-        # Reductions, softmax, normalization.
-        b("reducemean 128x384", "reduction", "float32", _reduce("ReduceMean", [128, 384])),
-        b("reducesum 1024x1536", "reduction", "float32", _reduce("ReduceSum", [1024, 1536])),
-        b("softmax 2x16x16", "softmax", "float32", _softmax([2, 16, 16])),
-        b("softmax 12x128x128", "softmax", "float32", _softmax([12, 128, 128])),
-        b("softmax 96x128x128", "softmax", "float32", _softmax([96, 128, 128])),
-        b("layernorm 16x32", "normalization", "float32", _layernorm(16, 32)),
-        b("layernorm 128x384", "normalization", "float32", _layernorm(128, 384)),
-        b("layernorm 1024x384", "normalization", "float32", _layernorm(1024, 384)),
-        b("skiplayernorm 128x384", "normalization", "float32", _skip_layernorm(128, 384)),
-        # Fused attention as ORT runs it (QKV projection + scores + softmax + context).
-        b("attention 1x128x384 h12", "matmul", "float32", _attention(1, 128, 384, 12)),
-        b("attention 2x16x32 h2", "matmul", "float32", _attention(2, 16, 32, 2)),
-        b("attention 8x16x32 h2", "matmul", "float32", _attention(8, 16, 32, 2)),
-        b("attention 8x128x384 h12", "matmul", "float32", _attention(8, 128, 384, 12)),
-        b("fusedmatmul 1x12x128x32", "matmul", "float32", _fused_matmul(1, 12, 128, 32)),
-        b("fusedmatmul 8x2x16x16", "matmul", "float32", _fused_matmul(8, 2, 16, 16)),
-        b("embedlayernorm 1x16x32", "normalization", "float32", _embed_layernorm(1, 16, 32, 100)),
-        b("embedlayernorm 8x128x384", "normalization", "float32", _embed_layernorm(8, 128, 384, 30522)),
-        b("skiplayernorm 128x32", "normalization", "float32", _skip_layernorm(128, 32)),
-        b("skiplayernorm 1024x384", "normalization", "float32", _skip_layernorm(1024, 384)),
-        b("skiplayernorm 16x32", "normalization", "float32", _skip_layernorm(16, 32)),
-        b("biasgelu 32x64", "elementwise", "float32", _bias_gelu(32, 64)),
-        b("transpose 2x16x2x16", "data-movement", "float32", _transpose([2, 16, 2, 16], [0, 2, 1, 3])),
-        b("gather 100x32 [32]", "data-movement", "float32", _gather(100, 32, 32)),
-        b("matmul 32x32x64", "matmul", "float32", _matmul(32, 32, 64)),
-        # Data movement.
-        b("transpose 12x128x32", "data-movement", "float32", _transpose([1, 128, 12, 32], [0, 2, 1, 3])),
-        b("transpose 8x128x12x32", "data-movement", "float32", _transpose([8, 128, 12, 32], [0, 2, 1, 3])),
-        b("gather 30522x384 [128]", "data-movement", "float32", _gather(30522, 384, 128)),
-        # int8.
-        b("matmulinteger 1x384x384", "matmul", "int8", _matmul_integer(1, 384, 384)),
-        b("matmulinteger 128x384x384", "matmul", "int8", _matmul_integer(128, 384, 384)),
-        b("matmulinteger 128x384x1536", "matmul", "int8", _matmul_integer(128, 384, 1536)),
-        b("matmulinteger 1024x384x1536", "matmul", "int8", _matmul_integer(1024, 384, 1536)),
-        b("convinteger 1x32->64 56x56", "conv", "int8", _conv_integer(1, 32, 64, 56)),
-        b("dynamicquantize 128x384", "quantization", "float32", _dynamic_quantize(128, 384)),
-    ]
 
 
 # --------------------------------------------------------------------------------------
@@ -1114,58 +680,8 @@ def initial_profile(target_name: str, threads: int, template: HardwareProfile) -
 
 
 # --------------------------------------------------------------------------------------
-# Running the calibration
+# Fitting measured micro-benchmarks
 # --------------------------------------------------------------------------------------
-class BackgroundLoad:
-    """How busy the machine was with *other* work while a block ran (Linux ``/proc/stat``).
-
-    ``other_cores``: CPU time used by other processes per second of wall time (cores);
-    ``steal_cores``: time the hypervisor gave to other guests. Both are ``None`` where
-    ``/proc/stat`` is unreadable. Timings taken while either is large are unreliable: a
-    calibration or validation records them and warns.
-    """
-
-    def __init__(self) -> None:
-        self.other_cores: float | None = None
-        self.steal_cores: float | None = None
-        self._start: tuple[float, float, float, float] | None = None
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float, float] | None:
-        try:
-            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-            ticks = os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return None
-        values = [int(v) for v in fields]
-        busy = sum(values[i] for i in (0, 1, 2, 5, 6) if i < len(values))  # user nice system irq softirq
-        steal = values[7] if len(values) > 7 else 0
-        own = os.times()
-        return time.perf_counter(), busy / ticks, steal / ticks, own.user + own.system
-
-    def __enter__(self) -> BackgroundLoad:
-        self._start = self._sample()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        end = self._sample()
-        if self._start is None or end is None or end[0] <= self._start[0]:
-            return
-        wall = end[0] - self._start[0]
-        own = end[3] - self._start[3]
-        self.other_cores = max((end[1] - self._start[1]) - own, 0.0) / wall
-        self.steal_cores = max(end[2] - self._start[2], 0.0) / wall
-
-    @property
-    def noisy(self) -> bool:
-        """True when others used more than a fifth of a core on average."""
-        return (self.other_cores or 0.0) + (self.steal_cores or 0.0) > 0.2
-
-    def to_dict(self) -> dict[str, Any]:
-        """``other_cores``, ``steal_cores`` and ``noisy``."""
-        return {"other_cores": self.other_cores, "steal_cores": self.steal_cores, "noisy": self.noisy}
-
-
 @dataclass
 class BenchmarkResult:
     """A micro-benchmark's measured median (ms) and, after the fit, its prediction (ms)."""
@@ -1181,76 +697,6 @@ class BenchmarkResult:
     def error_pct(self) -> float:
         """(predicted − measured) / measured, in percent."""
         return 100.0 * (self.predicted_ms - self.measured_ms) / self.measured_ms
-
-
-def calibrate(
-    target: Any = "ort-cpu",
-    *,
-    threads: int | None = None,
-    benchmarks: Sequence[MicroBenchmark] | None = None,
-    min_time_s: float = 0.25,
-    rounds: int = 2,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> Calibration:
-    """Run the micro-benchmarks on ``target`` and fit its calibrated profile (not saved).
-
-    ``threads`` defaults to the target's own default (this machine's core count for
-    ort-cpu). Every benchmark is timed in each of ``rounds`` interleaved rounds for at
-    least ``min_time_s`` seconds (median of calls after a warm-up); the lowest round median
-    counts, so a transient slowdown from another tenant does not. ``progress(name, done,
-    total)`` is called before each step.
-    """
-    from greencc import __version__
-    from greencc.frontend.onnx_file import load
-    from greencc.target import resolve_target
-    from greencc.verify.feeds import random_feeds
-
-    options = {"threads": threads} if threads is not None else {}
-    resolved = resolve_target(target, **options)
-    resolved.require_available()
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise UsageError(f"rounds={rounds!r} must be a positive integer")
-    threads_used = int(resolved.options.get("threads") or os.cpu_count() or 1)
-    template = HardwareProfile.named(type(resolved).profile_name)
-    start = initial_profile(resolved.name, threads_used, template)
-    suite = list(benchmarks if benchmarks is not None else default_benchmarks())
-    if not suite:
-        raise UsageError("calibration needs at least one micro-benchmark")
-
-    steps = len(suite) * (1 + rounds)
-    prepared = []
-    features: list[NodeFeatures] = []
-    for done, bench in enumerate(suite):
-        if progress is not None:
-            progress(f"preparing {bench.name}", done, steps)
-        model = load(bench.build())
-        compiled = resolved.lower(model)
-        prepared.append((compiled, compiled.check_feeds(random_feeds(model, seed=0))))
-        features.append(node_features(target_graph(model), start))
-    medians = np.full((rounds, len(suite)), np.inf)
-    with BackgroundLoad() as load_meter:
-        for round_index in range(rounds):
-            for i, (bench, (compiled, feeds)) in enumerate(zip(suite, prepared, strict=True)):
-                if progress is not None:
-                    progress(bench.name, len(suite) * (1 + round_index) + i, steps)
-                stats = compiled.benchmark(feeds, warmup=3, repeats=10, min_time_s=min_time_s)
-                medians[round_index, i] = stats.median_ms
-    results = [
-        BenchmarkResult(bench.name, bench.op_class, bench.dtype, float(medians[:, i].min()),
-                        nodes=len(compiled.model.graph))
-        for i, (bench, (compiled, _)) in enumerate(zip(suite, prepared, strict=True))
-    ]
-    if progress is not None:
-        progress("fitting", steps, steps)
-    calibration = fit_calibration(
-        resolved.name, threads_used, start, template, results, features, min_time_s=min_time_s,
-        greencc_version=__version__,
-    )
-    calibration.fit["rounds"] = rounds
-    calibration.fit["round_spread_pct"] = float(np.median(100 * (medians.max(0) / medians.min(0) - 1)))
-    calibration.fit["background_load"] = load_meter.to_dict()
-    calibration.fit["features"] = [f.to_dict() for f in features]
-    return calibration
 
 
 def fit_calibration(
@@ -1323,112 +769,6 @@ def _fitted_profile(start: HardwareProfile, model: KernelModel, template: Hardwa
     )
 
 
-# --------------------------------------------------------------------------------------
-# Prediction per fused kernel
-# --------------------------------------------------------------------------------------
-def target_graph(model: Any, dims: Mapping[str, int] | None = None, *, seed: int = 0) -> Any:
-    """The graph ONNX Runtime actually runs for ``model``, with every tensor's shape at ``dims``.
-
-    ONNX Runtime optimises the model as the target gets it (symbolic dims kept, so shape
-    computations stay in the graph as they do at run time) at the ``extended`` level: its
-    fusions, without the CPU-specific NCHWc layout rewrite that ``all`` adds and the cost
-    model has no ops for. The optimised graph is then run once on random inputs at
-    ``dims`` with every intermediate tensor as an output, and each value gets the static
-    shape and dtype observed, so contrib ops without shape inference are sized too.
-    """
-    import onnx_ir as ir
-    import onnxruntime as ort
-
-    from greencc.driver import as_model, resolve_dims
-    from greencc.frontend.onnx_file import load
-    from greencc.ir.io import save_model
-    from greencc.verify.feeds import random_feeds
-
-    model = as_model(model)
-    dims = resolve_dims(model, dims)
-    with tempfile.TemporaryDirectory(prefix="greencc-fused-") as tmp:
-        source = save_model(model.ir, Path(tmp) / "model.onnx")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = str(Path(tmp) / "fused.onnx")
-        options.log_severity_level = 4
-        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-        proto = onnx.load(str(Path(tmp) / "fused.onnx"))
-    fused = load(proto)
-    observed = _observed_shapes(proto, random_feeds(model, seed=seed, dims=dims))
-    for node in fused.graph:
-        for value in node.outputs:
-            shape = observed.get(value.name)
-            if shape is not None:
-                value.shape = ir.Shape(list(shape[0]))
-                value.dtype = ir.DataType.from_numpy(shape[1])
-    return fused
-
-
-def _observed_shapes(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    existing = {o.name for o in probe.graph.output}
-    for node in probe.graph.node:
-        for name in node.output:
-            if name and name not in existing:
-                probe.graph.output.append(onnx.ValueInfoProto(name=name))
-                existing.add(name)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4
-    try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        arrays = session.run(names, dict(feeds))
-    except Exception as exc:  # an exotic graph: fall back to shape inference alone
-        log.info("could not observe the fused graph's shapes: %s", exc)
-        return {}
-    return {name: (tuple(a.shape), a.dtype) for name, a in zip(names, arrays, strict=True)
-            if isinstance(a, np.ndarray)}
-
-
-@dataclass
-class Prediction:
-    """A latency prediction (ms per inference) and how it was made."""
-
-    latency_ms: float
-    method: str
-    nodes: int
-    kernels: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict."""
-        return asdict(self)
-
-
-def predict_latency(model: Any, calibration: Calibration | HardwareProfile | str,
-                    dims: Mapping[str, int] | None = None) -> Prediction:
-    """Predicted latency of ``model`` per inference on the calibrated target.
-
-    With a :class:`Calibration`: its kernel model over :func:`target_graph` (what ONNX
-    Runtime runs). With a plain profile: :func:`~greencc.cost.estimate.estimate_cost`
-    over the same fused graph (what the profile alone can say).
-    """
-    from greencc.cost.estimate import estimate_cost
-    from greencc.driver import as_model, resolve_dims
-
-    model = as_model(model)
-    dims = resolve_dims(model, dims)
-    fused = target_graph(model, dims)
-    if isinstance(calibration, Calibration):
-        kernel_model = KernelModel.from_dict(calibration.fit["kernel_model"])
-        features = node_features(fused, calibration.profile, dims)
-        return Prediction(kernel_model.predict_s(features) * 1e3,
-                          f"model:kernels({calibration.profile.name}, fused by onnxruntime)",
-                          len(model.graph), len(fused.graph))
-    cost = estimate_cost(fused, calibration, dims=dims)
-    return Prediction(cost.latency_ms, f"model:cost({cost.profile}, fused by onnxruntime)",
-                      len(model.graph), len(fused.graph))
-
-
 def _write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -1443,10 +783,3 @@ def _write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-__all__ = [
-    "BenchmarkResult", "Calibration", "KernelModel", "MicroBenchmark", "NodeFeatures", "Prediction",
-    "cache_dir", "calibrate", "calibrated_profile_name", "default_benchmarks", "find_calibration",
-    "find_calibrated_profile", "fit_calibration", "fit_kernel_model", "machine_info",
-    "node_features", "predict_latency", "profiles_dir", "target_graph",
-    "ENERGY_UNCALIBRATED_MARK", "CALIBRATION_SCHEMA",
-]

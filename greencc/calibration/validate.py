@@ -21,7 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from greencc.calibration.benchmarks import default_benchmarks
+from greencc.calibration.run import BackgroundLoad, predict_latency, target_graph
+from greencc.cost.estimate import estimate_cost
+from greencc.cost.kernel_model import find_calibration
+from greencc.cost.profile import HardwareProfile
+from greencc.driver import compile as compile_model
 from greencc.errors import UsageError
+from greencc.frontend.onnx_file import load
+from greencc.pipeline.base import registered_passes
+from greencc.pipeline.text import PRESETS
+from greencc.target import resolve_target
+from greencc.verify.feeds import random_feeds
 
 SECTION_TITLE = "## Cost model validation (issue 5)"
 # The pruned variants: a quarter of the attention heads (magnitude score: which heads go
@@ -241,8 +252,6 @@ def default_suite(*, quick: bool = False) -> list[ValidationCase]:
         )
     import functools
 
-    from greencc.pipeline.base import registered_passes
-    from greencc.pipeline.text import PRESETS
 
     presets = [p for p in ("-O0", "-O1", "-O2", "-O3") if p in PRESETS]
 
@@ -305,7 +314,6 @@ def _quantized_dynamic(model: Any) -> Any:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from greencc.frontend.onnx_file import load
 
     with tempfile.TemporaryDirectory(prefix="greencc-int8-") as tmp:
         source = Path(tmp) / "fp32.onnx"
@@ -334,17 +342,6 @@ def validate(
     Cases are timed in ``rounds`` interleaved rounds of at least ``min_time_s`` seconds
     each, and the round with the lowest median counts (as in calibration), so a transient
     slowdown from another tenant hits neither side of the comparison."""
-    from greencc.cost.calibrate import (
-        BackgroundLoad,
-        find_calibration,
-        predict_latency,
-        target_graph,
-    )
-    from greencc.cost.estimate import estimate_cost
-    from greencc.cost.profile import HardwareProfile
-    from greencc.driver import compile as compile_model
-    from greencc.target import resolve_target
-    from greencc.verify.feeds import random_feeds
 
     options = {"threads": threads} if threads is not None else {}
     resolved = resolve_target(target, **options)
@@ -412,9 +409,6 @@ def validate(
 
 def _drift_probe(target: Any, calibration: Any) -> Callable[[], float] | None:
     """Times the calibration's probe benchmark on ``target`` now (ms), if it was calibrated."""
-    from greencc.cost.calibrate import default_benchmarks
-    from greencc.frontend.onnx_file import load
-    from greencc.verify.feeds import random_feeds
 
     recorded = [b for b in calibration.fit.get("benchmarks", []) if b.get("name") == PROBE_BENCHMARK]
     builders = [b for b in default_benchmarks() if b.name == PROBE_BENCHMARK]
