@@ -21,6 +21,8 @@ examples:
   greencc compile model.onnx -t ort-cpu -O1 -o out/          # artifact + report.json in out/
   greencc compile model.onnx --pipeline "cleanup,fold-constants{max_size=1024}" -o out/
   greencc compile model.onnx -o out/ --dim batch=1 --dim seq=128 --measure
+  greencc compile --config recipe.toml -o out/ --seed 1     # a recipe; flags override its fields
+  greencc compile model.onnx --plugin my_passes.py --pipeline "cleanup,my-pass" -o out/
   greencc inspect model.onnx -t x86-avx512 --dim seq=128     # ops, params, MACs, energy
   greencc passes                                             # the pass catalogue
   greencc targets                                            # what runs here, and why not
@@ -31,7 +33,8 @@ examples:
   greencc repro greencc-repro-.../                           # replay a failing pipeline
 
 exit status:
-""" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+""" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items()) + """
+  (a missing or broken --config recipe or --plugin file is a usage error: 2)"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,15 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                        help="bind a symbolic input dim for estimates and checks (repeatable), e.g. --dim seq=128")
 
+    def plugin_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                       help="load a plugin first: a .py file or a module that registers passes or targets "
+                       "(repeatable); installed packages plug in through the greencc.passes and "
+                       "greencc.targets entry points instead")
+
     c = sub.add_parser(
         "compile", help="optimize a model and lower it to a target",
         description="Optimize MODEL with a pipeline, verify every pass against ONNX Runtime, "
         "lower it to TARGET and write the artifact and report.json to OUTDIR (atomically: a "
-        "failed compile leaves nothing behind).",
+        "failed compile leaves nothing behind). With --config RECIPE.toml the recipe describes "
+        "the compile; MODEL, -t, -O*/--pipeline, --calib, --budget, --threads, --no-verify, "
+        "--measure, --measure-window, --grid-intensity, --pue and --seed given on the command "
+        "line replace the recipe's field, --target-option and --dim set single entries over the "
+        "recipe's, and --plugin adds to its plugins.",
         epilog="example: greencc compile minilm.onnx -t ort-cpu -O1 -o out/ --dim seq=128",
     )
-    c.add_argument("model", help="an ONNX file")
-    c.add_argument("-t", "--target", default="ort-cpu", help="target or tag (default ort-cpu; see `greencc targets`)")
+    c.add_argument("model", nargs="?", help="an ONNX file (default: the recipe's model)")
+    c.add_argument("--config", metavar="RECIPE.toml",
+                   help="a recipe: a TOML file of CompileConfig fields (see README); flags override it")
+    c.add_argument("-t", "--target", help="target or tag (default ort-cpu; see `greencc targets`)")
     level = c.add_mutually_exclusive_group()
     for preset in ("O0", "O1", "O2", "O3"):
         level.add_argument(f"-{preset}", dest="pipeline", action="store_const", const=f"-{preset}",
@@ -87,11 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the target, repeatable (e.g. -t tvm-llvm --target-option tune_budget_s=600; "
                    "`greencc targets` lists each target's options)")
-    c.add_argument("--no-verify", action="store_true", help="skip numerical verification after each pass")
-    c.add_argument("--measure", action="store_true",
+    c.add_argument("--no-verify", action="store_true", default=None,
+                   help="skip numerical verification after each pass")
+    c.add_argument("--measure", action="store_true", default=None,
                    help="measure latency and energy per inference of the compiled model and of the original "
                    "(energy: RAPL or NVML where readable, else a labelled CPU-time estimate)")
-    c.add_argument("--measure-window", type=float, default=1.0, metavar="S",
+    c.add_argument("--measure-window", type=float, metavar="S",
                    help="seconds of each energy window with --measure (default 1.0; shorter reads noisier)")
     carbon_options(c)
     c.add_argument("--print-ir-after", metavar="NAME|all|change", help="print the graph after these passes")
@@ -100,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--repro-dir", metavar="DIR", default=None,
                    help="where a failing pass writes its reproducer (default: OUTDIR's parent)")
     c.add_argument("--report-json", metavar="PATH", help="also write the report JSON here")
-    c.add_argument("--seed", type=int, default=0, help="seed of random verification inputs")
+    c.add_argument("--seed", type=int, help="seed of random verification inputs (default 0)")
     c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     dims_option(c)
+    plugin_option(c)
 
     i = sub.add_parser("inspect", help="ops, parameters, MACs and estimated energy of a model",
                        epilog="example: greencc inspect minilm.onnx -t x86-avx512 --dim seq=128")
@@ -112,12 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--top", type=int, default=10, help="show the N costliest nodes")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     dims_option(i)
+    plugin_option(i)
 
     p = sub.add_parser("passes", help="list the registered passes (the pass catalogue)")
     p.add_argument("--json", action="store_true")
+    plugin_option(p)
 
     t = sub.add_parser("targets", help="list targets and tags with availability and the reason")
     t.add_argument("--json", action="store_true")
+    plugin_option(t)
 
     b = sub.add_parser("bench", help="measure the latency of a compiled artifact directory",
                        epilog="example: greencc bench out/ --repeats 100 --threads 2")
@@ -130,12 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure energy per inference (RAPL/NVML where readable, else a labelled estimate)")
     carbon_options(b)
     dims_option(b)
+    plugin_option(b)
 
     r = sub.add_parser("report", help="print a report.json as the ledger table")
     r.add_argument("report")
 
-    rp = sub.add_parser("repro", help="replay a reproducer directory written by a failing compile")
+    rp = sub.add_parser(
+        "repro", help="replay a reproducer directory written by a failing compile",
+        description="Replay the pipeline of a failing compile as it ran: its input model, the passes "
+        "up to the failing one, the target with its options, the calibration data, budget, dims, "
+        "seed and the plugin files it used (copies kept in the directory).",
+        epilog="exit status 5 when the failure reproduces, 0 when it no longer does")
     rp.add_argument("directory")
+    plugin_option(rp)
 
     cost = sub.add_parser("cost", help="calibrate the cost model on this machine and validate it",
                           description="Calibrate a target's hardware profile with micro-benchmarks on this "
@@ -220,9 +247,7 @@ def _out(text: str) -> None:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     """``greencc compile``."""
-    from greencc.data import load_npz_samples
     from greencc.driver import compile as compile_model
-    from greencc.frontend.onnx_file import load
     from greencc.pipeline.instruments import PrintIRInstrument
 
     output = os.path.abspath(args.output)
@@ -233,26 +258,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
             f"output directory {args.output} is not empty and is not a greencc artifact",
             hint="choose a new or empty directory; greencc replaces only its own artifacts",
         )
-    with _status("loading model", args.quiet):
-        model = load(args.model)
-    calibration = load_npz_samples(args.calib, model) if args.calib else None
+    config = _compile_config(args)
     instruments = [PrintIRInstrument(args.print_ir_after)] if args.print_ir_after else []
-    with _status("optimizing, verifying and lowering", args.quiet):
+    with _status("loading, optimizing, verifying and lowering", args.quiet):
         compiled = compile_model(
-            model,
-            target=args.target,
-            pipeline=args.pipeline or "-O1",
-            calibration=calibration,
-            budget=args.budget,
-            dims=_parse_dims(args.dim),
-            verify=not args.no_verify,
-            threads=args.threads,
-            target_options=_parse_target_options(args.target_option),
-            seed=args.seed,
-            measure=args.measure,
-            energy_window_s=args.measure_window,
-            grid_intensity=args.grid_intensity,
-            pue=args.pue,
+            config=config,
             instruments=instruments,
             reproducer_dir=args.repro_dir or os.path.dirname(output),
             output_dir=output,
@@ -269,6 +279,46 @@ def cmd_compile(args: argparse.Namespace) -> int:
                 _out(f"  {miss['node']}: {miss['reason']}")
         _out(f"wrote {output} (target {compiled.target}; report.json inside)")
     return 0
+
+
+def _compile_config(args: argparse.Namespace) -> Any:
+    """The compile's :class:`~greencc.config.CompileConfig`: the recipe (or the defaults)
+    with the fields given on the command line replaced."""
+    import dataclasses
+
+    from greencc.config import CompileConfig
+
+    recipe = CompileConfig.from_toml(args.config) if args.config else CompileConfig()
+    changes: dict[str, Any] = {
+        field: value for field, value in (
+            ("target", args.target), ("pipeline", args.pipeline), ("budget", args.budget),
+            ("threads", args.threads), ("seed", args.seed), ("measure", args.measure),
+            ("energy_window_s", args.measure_window), ("grid_intensity", args.grid_intensity),
+            ("pue", args.pue),
+        ) if value is not None
+    }
+    if args.model is not None:
+        changes.update(model=os.path.abspath(args.model), model_sha256=None)
+    elif recipe.model is None:
+        raise UsageError("no model to compile", hint="give MODEL, or a --config recipe that names one")
+    if args.calib is not None:
+        changes.update(calibration=os.path.abspath(args.calib), calibration_sha256=None)
+    if args.no_verify:
+        changes["verify"] = False
+    if args.target_option:
+        changes["target_options"] = {**recipe.target_options, **_parse_target_options(args.target_option)}
+    if args.dim:
+        changes["dims"] = {**recipe.dims, **_parse_dims(args.dim)}
+    if args.plugin:
+        changes["plugins"] = (*recipe.plugins, *(_plugin_entry(p) for p in args.plugin))
+    return dataclasses.replace(recipe, **changes)
+
+
+def _plugin_entry(plugin: str) -> str:
+    """A ``--plugin`` value as a config records it: files by absolute path."""
+    from greencc.config import is_plugin_file
+
+    return os.path.abspath(plugin) if is_plugin_file(plugin) else plugin
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -403,7 +453,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_repro(args: argparse.Namespace) -> int:
     """``greencc repro``."""
-    from greencc.pipeline.repro import replay
+    from greencc.driver import replay
 
     model = replay(args.directory)
     _out(f"the pipeline ran without failing ({len(model.graph)} nodes): the bug no longer reproduces")
@@ -516,6 +566,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.command:
             parser.print_help()
             return 2
+        if args.command != "compile":  # compile loads its plugins from its config
+            from greencc.pipeline.plugins import load_plugins
+
+            load_plugins(getattr(args, "plugin", []))
         return COMMANDS[args.command](args)
     except GreenccError as exc:
         text = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")

@@ -1,16 +1,22 @@
 """The high-level driver: ``optimize`` (pipeline + verification + ledger), ``compile``
-(optimize, legalize and lower to a target) and ``inspect`` (size, work and cost).
+(one :class:`~greencc.config.CompileConfig`: optimize, legalize and lower to a target),
+``replay`` (a reproducer) and ``inspect`` (size, work and cost).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import onnx
 
+from greencc.config import CompileConfig, file_sha256
 from greencc.data import CalibrationData, as_calibration
 from greencc.errors import GreenccError, TargetUnavailableError, UnsupportedOpError, UsageError
 from greencc.frontend.onnx_file import load
@@ -21,6 +27,8 @@ from greencc.model import Model
 from greencc.pipeline.context import PassContext
 from greencc.pipeline.instruments import Instrument
 from greencc.pipeline.manager import PassManager
+from greencc.pipeline.plugins import load_plugins
+from greencc.pipeline.repro import read_reproducer
 from greencc.pipeline.text import Pipeline
 from greencc.report.ledger import Report
 from greencc.target import UNSUPPORTED, CompiledModel, Target, resolve_target
@@ -54,24 +62,54 @@ def optimize(
     instruments: Sequence[Instrument] = (),
     reproducer_dir: str | os.PathLike | None = None,
     measure_model: MeasureModel | None = None,
+    config: CompileConfig | None = None,
 ) -> tuple[Model, Report]:
     """Run ``pipeline`` over ``model`` with verification and the ledger; the input is not
     modified. Returns the rewritten model and its :class:`Report` (estimates for the
     target's hardware profile at ``dims``). ``measure_model`` ``(model, dims) -> dict``
     measures the input and the model after every pass that changed it, into each row's
-    ``measured`` (``compile(measure=True)`` passes one that lowers to the target)."""
+    ``measured`` (``compile(measure=True)`` passes one that lowers to the target).
+    ``config`` is the :class:`CompileConfig` recorded in the report and in reproducers."""
     model = as_model(model)
+    optimized, report, _ = _optimize(
+        model, pipeline, target=target, profile=profile,
+        calibration=_checked_calibration(calibration, model), budget=budget, dims=dims,
+        verify=verify, seed=seed, instruments=instruments, reproducer_dir=reproducer_dir,
+        measure_model=measure_model, config=config,
+    )
+    return optimized, report
+
+
+def _optimize(
+    model: Model,
+    pipeline: str | Pipeline,
+    *,
+    target: Target | str | None,
+    profile: Any,
+    calibration: CalibrationData | None,
+    budget: Any,
+    dims: Mapping[str, int] | None,
+    verify: bool,
+    seed: int,
+    instruments: Sequence[Instrument],
+    reproducer_dir: str | os.PathLike | None,
+    measure_model: MeasureModel | None,
+    config: CompileConfig | None,
+) -> tuple[Model, Report, PassContext]:
+    """``optimize`` on checked calibration data; also returns the run's context, which
+    ``compile`` lowers with."""
     if target is not None and profile is None:
         target = _resolve_target(target)
     ctx = PassContext(
         target=target,
         profile=profile,
-        calibration=_checked_calibration(calibration, model),
+        calibration=calibration,
         budget=budget,
         seed=seed,
         dims=resolve_dims(model, dims),
         verify=verify,
         reproducer_dir=reproducer_dir,
+        config=config,
     )
     manager = PassManager(pipeline)
     report = new_report(model, ctx, str(manager.pipeline))
@@ -82,11 +120,11 @@ def optimize(
     ]
     with ctx:
         optimized = manager.run(model, ctx)
-    return optimized, report
+    return optimized, report, ctx
 
 
 def compile(  # noqa: A001 - the public verb of a compiler
-    model: ModelLike,
+    model: ModelLike | None = None,
     target: Target | str = "ort-cpu",
     pipeline: str | Pipeline = "-O1",
     *,
@@ -105,11 +143,19 @@ def compile(  # noqa: A001 - the public verb of a compiler
     pue: float | None = None,
     energy_meter: Any = None,
     energy_window_s: float = 1.0,
+    plugins: Sequence[str | os.PathLike] = (),
+    config: CompileConfig | None = None,
 ) -> CompiledModel:
     """Optimize ``model`` with ``pipeline``, legalize and lower it for ``target``.
 
-    Returns a :class:`CompiledModel` whose ``.report`` is the per-pass ledger. With
-    ``measure=True`` the input model and the model after every pass that changed it are
+    Returns a :class:`CompiledModel` whose ``.report`` is the per-pass ledger and whose
+    ``.config`` is the :class:`CompileConfig` of this compile (also in report.json and the
+    artifact's greencc.json). ``config=`` runs a config (e.g. ``CompileConfig.from_toml``)
+    instead of the keyword arguments that describe a compile, which must then stay unset;
+    ``model`` (default: the config's model file, checked against its SHA-256) and
+    ``calibration`` (default: the config's .npz, checked likewise) may still be given.
+
+    With ``measure=True`` the input model and the model after every pass that changed it are
     lowered to the target and measured: latency (ms, median and spread) and energy per
     inference over a window of at least ``energy_window_s`` seconds (``energy_meter``,
     default the best meter here: NVML or RAPL, else the labelled CPU-time estimate), in
@@ -122,60 +168,232 @@ def compile(  # noqa: A001 - the public verb of a compiler
 
     ``target_options`` go to the target's constructor (``greencc targets`` lists each
     target's options, e.g. tvm-llvm's ``tune_budget_s``); ``threads`` is one of them.
+    ``plugins`` (``.py`` files or module names) are loaded first: their passes and targets
+    can be named in ``pipeline`` and ``target``.
 
     For ``target="ort-cpu"`` given by name, a profile calibrated on this machine by
     ``greencc cost calibrate`` for the same thread count replaces the default one.
     """
     from greencc.measure.carbon import CarbonFactors
 
-    factors = CarbonFactors.of(grid_intensity, pue)
-    if measure and not (isinstance(energy_window_s, (int, float)) and energy_window_s > 0):
-        raise UsageError(f"energy_window_s={energy_window_s!r} must be a positive number of seconds")
-    options = {**(target_options or {}), **({"threads": threads} if threads is not None else {})}
-    resolved = _resolve_target(target, **options)
+    described = {
+        "target": target, "pipeline": pipeline, "budget": budget, "dims": dims, "verify": verify,
+        "threads": threads, "target_options": target_options, "seed": seed, "measure": measure,
+        "grid_intensity": grid_intensity, "pue": pue, "energy_window_s": energy_window_s,
+        "plugins": plugins,
+    }
+    if config is None:
+        if model is None:
+            raise UsageError("compile() needs a model", hint="pass a model, a path, or config=CompileConfig(...)")
+        config = _config_of(described)
+    else:
+        _check_only_config(described)
+    load_plugins(config.plugins)
+    factors = CarbonFactors.of(config.grid_intensity, config.pue)
+    model = as_model(model) if model is not None else _config_model(config)
+    data = _checked_calibration(calibration if calibration is not None else _config_calibration(config), model)
+    config = _recorded(config, model, calibration, data)
+    resolved = _target_of(config, target)
     availability = resolved.available()
     if not availability.ok:
         raise TargetUnavailableError(
             f"target '{resolved.name}' is not available: {availability.reason}",
             hint="run `greencc targets` to see what runs here",
         )
-    full = Pipeline.of(pipeline)
+    full = Pipeline.of(config.pipeline)
     legal = resolved.legalize()
     if legal:
         full = Pipeline.of([str(full), *legal] if str(full) else legal)
-    model = as_model(model)
     _check_supported(resolved, model)
     meter = None
     measure_model: MeasureModel | None = None
-    if measure:
+    window_s = config.energy_window_s
+    if config.measure:
         meter = energy_meter if energy_meter is not None else _default_meter(resolved)
         measure_model = functools.partial(
-            _measure_lowered, target=resolved, seed=seed, meter=meter, window_s=energy_window_s
+            _measure_lowered, target=resolved, seed=config.seed, meter=meter, window_s=window_s
         )
-    optimized, report = optimize(
-        model, full, target=resolved, calibration=calibration, budget=budget, dims=dims,
-        verify=verify, seed=seed, instruments=instruments, reproducer_dir=reproducer_dir,
-        measure_model=measure_model,
+    optimized, report, ctx = _optimize(
+        model, full, target=resolved, profile=None, calibration=data, budget=config.budget,
+        dims=config.dims, verify=config.verify, seed=config.seed, instruments=instruments,
+        reproducer_dir=reproducer_dir, measure_model=measure_model, config=config,
     )
-    ctx = PassContext(target=resolved, dims=report.dims, seed=seed)
     compiled = resolved.lower(optimized, ctx)
     compiled.report = report
+    compiled.config = config
     report.carbon_factors = factors.to_dict()
-    if measure:
+    if config.measure:
         final = _figures(report.rows[-1].measured)
         if "latency" not in final:  # the last pass's model could not be measured: the compiled one
-            latency, energy = _measure(compiled, optimized, report.dims, seed, meter, energy_window_s)
+            latency, energy = _measure(compiled, optimized, report.dims, config.seed, meter, window_s)
             final = {"latency": latency, "energy": energy}
         report.measured, report.measured_energy = final["latency"], final["energy"]
         if legal:  # the input row is not the original as the target runs it
             report.baseline_measured = _measure_original(
-                model, resolved, report.dims, seed, meter, energy_window_s
+                model, resolved, report.dims, config.seed, meter, window_s
             )
         else:
             report.baseline_measured = _figures(report.rows[0].measured)
     if output_dir is not None:
         compiled.save(output_dir)
     return compiled
+
+
+def replay(directory: str | os.PathLike) -> Model:
+    """Re-run a reproducer directory (``greencc repro DIR``) as the failing run ran: its
+    plugins, target with its options, calibration copy, budget, dims, seed and
+    verification. Returns the output model, or raises the pass failure again."""
+    reproducer = read_reproducer(directory)
+    config = reproducer.config
+    load_plugins(config.plugins)
+    model = _config_model(config)
+    target = None
+    if reproducer.has_target:
+        target = _target_of(config, config.target)
+    optimized, _ = optimize(
+        model, config.pipeline, target=target, profile=reproducer.profile,
+        calibration=_config_calibration(config), budget=config.budget, dims=config.dims,
+        verify=config.verify, seed=config.seed, config=config,
+    )
+    return optimized
+
+
+_UNSET = (None, (), {}, [])
+_DEFAULTS = {
+    "target": "ort-cpu", "pipeline": "-O1", "budget": None, "dims": None, "verify": True,
+    "threads": None, "target_options": None, "seed": 0, "measure": False,
+    "grid_intensity": None, "pue": None, "energy_window_s": 1.0, "plugins": (),
+}
+
+
+def _config_of(described: Mapping[str, Any]) -> CompileConfig:
+    """The :class:`CompileConfig` that ``compile``'s keyword arguments describe (model and
+    calibration references are filled in by :func:`_recorded`)."""
+    target = described["target"]
+    target_options = dict(described["target_options"] or {})
+    if isinstance(target, Target):
+        target_options = {**_json_safe(target.options), **target_options}
+        target = target.name
+    pipeline = described["pipeline"]
+    measure, window = described["measure"], described["energy_window_s"]
+    # The window matters only when measuring; otherwise any value records as the default.
+    if measure and not (isinstance(window, (int, float)) and window > 0):
+        raise UsageError(f"energy_window_s={window!r} must be a positive number of seconds")
+    return CompileConfig(
+        target=target,
+        target_options=target_options,
+        pipeline=pipeline if isinstance(pipeline, str) else str(Pipeline.of(pipeline)),
+        dims=dict(described["dims"] or {}),
+        budget=None if described["budget"] is None else str(described["budget"]),
+        threads=described["threads"],
+        seed=described["seed"],
+        verify=described["verify"],
+        measure=measure,
+        energy_window_s=window if measure else 1.0,
+        grid_intensity=described["grid_intensity"],
+        pue=described["pue"],
+        plugins=tuple(os.fspath(p) for p in described["plugins"]),
+    )
+
+
+def _check_only_config(described: Mapping[str, Any]) -> None:
+    """``compile(config=...)`` takes the compile's description from the config alone."""
+    given = [
+        name for name, value in described.items()
+        if not (value == _DEFAULTS[name] or (value in _UNSET and _DEFAULTS[name] in _UNSET))
+    ]
+    if given:
+        raise UsageError(
+            f"compile() got config= and also {', '.join(given)}",
+            hint="change the config instead: dataclasses.replace(config, seed=1, ...)",
+        )
+
+
+def _config_model(config: CompileConfig) -> Model:
+    """The config's model file, checked against its recorded SHA-256."""
+    if config.model is None:
+        raise UsageError("the compile config names no model", hint="set 'model' to an .onnx path")
+    path = _source_file(config.model)
+    if path is None:  # a missing file fails as a model that cannot be loaded
+        return load(config.model.removeprefix("onnx:"))
+    _check_sha256(path, config.model_sha256, "model")
+    return load(path)
+
+
+def _config_calibration(config: CompileConfig) -> str | None:
+    """The config's calibration .npz path, checked against its recorded SHA-256."""
+    if config.calibration is None:
+        return None
+    if not os.path.isfile(config.calibration):
+        raise UsageError(
+            f"the compile config's calibration data {config.calibration} is not a file",
+            hint="pass the data itself: compile(..., calibration=data, config=config)",
+        )
+    _check_sha256(config.calibration, config.calibration_sha256, "calibration data")
+    return config.calibration
+
+
+def _check_sha256(path: str, expected: str | None, what: str) -> None:
+    if expected is not None and file_sha256(path) != expected:
+        raise UsageError(
+            f"{what} {path} has changed since the compile config was written (SHA-256 differs)",
+            hint="restore the file, or remove its SHA-256 from the config to accept the new one",
+        )
+
+
+def _recorded(
+    config: CompileConfig, model: Model, calibration: Any, data: CalibrationData | None
+) -> CompileConfig:
+    """``config`` with the model and calibration actually used: file paths with their
+    SHA-256, or for in-memory ones a description (and the arrays' SHA-256)."""
+    source = model.provenance.source
+    path = _source_file(source)
+    changes: dict[str, Any] = {
+        "model": path or source,
+        "model_sha256": file_sha256(path) if path else None,
+    }
+    if calibration is None:
+        if config.calibration is not None and config.calibration_sha256 is None:
+            changes["calibration_sha256"] = file_sha256(config.calibration)
+    elif isinstance(calibration, (str, os.PathLike)):
+        changes["calibration"] = os.path.abspath(calibration)
+        changes["calibration_sha256"] = file_sha256(calibration)
+    elif data is not None:
+        changes["calibration"] = f"<in-memory: {len(data)} samples in {data.num_batches} batches>"
+        changes["calibration_sha256"] = _arrays_sha256(data)
+    return dataclasses.replace(config, **changes)
+
+
+def _source_file(source: str) -> str | None:
+    """The absolute path of a model source that is a file (``onnx:PATH`` or ``PATH``)."""
+    path = source.removeprefix("onnx:")
+    return os.path.abspath(path) if os.path.isfile(path) else None
+
+
+def _arrays_sha256(data: CalibrationData) -> str:
+    """SHA-256 over every batch's arrays: names, dtypes, shapes and bytes, in order."""
+    digest = hashlib.sha256()
+    for feeds in data:
+        for name in sorted(feeds):
+            array = np.ascontiguousarray(feeds[name])
+            digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _target_of(config: CompileConfig, target: Target | str) -> Target:
+    """The one target instance of a compile: ``target`` when it is an instance the config
+    adds nothing to, else the config's target built with its options (and ``threads``)."""
+    options = dict(config.target_options)
+    if config.threads is not None:
+        options["threads"] = config.threads
+    if isinstance(target, Target):
+        return resolve_target(target, **{k: v for k, v in options.items() if target.options.get(k) != v})
+    return _resolve_target(config.target, **options)
+
+
+def _json_safe(options: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(options), default=str))
 
 
 def _checked_calibration(calibration: Any, model: Model) -> CalibrationData | None:

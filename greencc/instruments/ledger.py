@@ -100,7 +100,8 @@ class LedgerInstrument(Instrument):
 
 
 def new_report(model: Model, ctx: PassContext, pipeline: str) -> Report:
-    """An empty report describing ``model``, the context's target/profile and ``pipeline``."""
+    """An empty report describing ``model``, the context's target/profile and config, and
+    ``pipeline``."""
     from greencc import __version__
 
     profile = ctx.profile
@@ -132,6 +133,7 @@ def new_report(model: Model, ctx: PassContext, pipeline: str) -> Report:
         dims=dict(ctx.dims),
         pipeline=pipeline,
         energy_method=method,
+        config=ctx.config.to_dict() if ctx.config is not None else None,
         greencc_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )

@@ -81,7 +81,9 @@ class Report:
     ``baseline_measured`` the input row's (unless the target legalizes, when the original
     is measured after legalization). ``carbon_factors`` are the grid intensity (gCO2e/kWh,
     with its source and location code) and PUE that turn every energy figure into gCO2e;
-    see :meth:`energy_figures`.
+    see :meth:`energy_figures`. ``config`` is the compile's
+    :class:`~greencc.config.CompileConfig` as a dict (``None`` for a pipeline run outside
+    ``compile`` and in reports written before configs were recorded).
     """
 
     model: dict[str, Any]
@@ -100,6 +102,7 @@ class Report:
     # the host ran with why); None when the target does not simulate or has not run.
     simulated: dict[str, Any] | None = None
     near_misses: list[dict[str, str]] = field(default_factory=list)
+    config: dict[str, Any] | None = None
     greencc_version: str = ""
     created: str = ""
     schema: str = SCHEMA

@@ -1,6 +1,7 @@
 """``CompiledModel``: a lowered model that runs, benchmarks, saves atomically and
 reloads itself from an artifact directory (``greencc.json`` manifest, the target's files,
-``report.json``), whatever target wrote it.
+``report.json``), whatever target wrote it. The manifest records the
+:class:`~greencc.config.CompileConfig` of the compile (absent in older artifacts).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from greencc.config import CompileConfig
 from greencc.errors import (
     GreenccError,
     InputMismatchError,
@@ -44,7 +47,8 @@ class CompiledModel:
 
     ``target`` is the target's name, ``model`` the lowered greencc ``Model`` (its
     signature is what calls are checked against), ``options`` the target options it was
-    built with and ``report`` the compile's ledger (or ``None``). Subclasses implement
+    built with, ``report`` the compile's ledger and ``config`` its
+    :class:`~greencc.config.CompileConfig` (each ``None`` when unknown). Subclasses implement
     ``_run``, ``_save_artifact`` and ``_load_artifact``, and ``with_options`` where a
     running option (threads) can change after lowering.
     """
@@ -63,6 +67,7 @@ class CompiledModel:
         self.options: dict[str, Any] = dict(options or {})
         self.report = report
         self.profile_name = profile_name
+        self.config: CompileConfig | None = None
 
     # -- running -------------------------------------------------------------------------
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -161,6 +166,7 @@ class CompiledModel:
             "signature": self.signature,
             "files": sorted(files),
             "report": REPORT_NAME if self.report is not None else None,
+            "config": self.config.to_dict() if self.config is not None else None,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
 
@@ -239,6 +245,7 @@ class CompiledModel:
             )
         if manifest.get("report"):
             compiled.report = _load_report(path / REPORT_NAME)
+        compiled.config = _manifest_config(path, manifest.get("config"))
         return compiled
 
     def __repr__(self) -> str:
@@ -307,6 +314,19 @@ def _manifest_problems(manifest: Any) -> str:
         if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
             return f"artifact file name {name!r} is not a plain file name"
     return ""
+
+
+def _manifest_config(directory: Path, data: Any) -> CompileConfig | None:
+    """The manifest's compile config; ``None`` for an artifact saved before configs were
+    recorded, or (with a warning) for one this greencc cannot read: the model still loads."""
+    if data is None:
+        return None
+    try:
+        return CompileConfig.from_dict(data)
+    except UsageError as exc:
+        warnings.warn(f"{directory}/{MANIFEST_NAME}: its compile config is unreadable ({exc.message}); "
+                      "the artifact loads without it", stacklevel=3)
+        return None
 
 
 def _load_report(path: Path) -> Any:

@@ -11,7 +11,7 @@ import greencc as gc
 from greencc import ir
 from greencc.errors import PassFailedError
 from greencc.pipeline.instruments import Instrument, PrintIRInstrument, TimingInstrument
-from greencc.pipeline.repro import replay
+from greencc.driver import replay
 from greencc.verify.fidelity import FidelityBudget
 from greencc.instruments.verify import VerifyInstrument
 from tests.helpers import model_from_text
