@@ -31,6 +31,7 @@ _LAZY: dict[str, str] = {
     "Pipeline": "greencc.pipeline.text",
     "PassManager": "greencc.pipeline.manager",
     "Instrument": "greencc.pipeline.instruments",
+    "load_plugin": "greencc.pipeline.plugins",
     # targets
     "Target": "greencc.target",
     "Availability": "greencc.target",
@@ -44,7 +45,8 @@ _LAZY: dict[str, str] = {
     # verification and report
     "FidelityBudget": "greencc.verify.fidelity",
     "Report": "greencc.report.ledger",
-    # driver
+    # driver and its config
+    "CompileConfig": "greencc.config",
     "compile": "greencc.driver",
     "optimize": "greencc.driver",
     "inspect": "greencc.driver",
@@ -77,6 +79,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from greencc import ir  # noqa: F401
     from greencc.cost.estimate import estimate_cost  # noqa: F401
+    from greencc.config import CompileConfig  # noqa: F401
     from greencc.cost.profile import HardwareProfile  # noqa: F401
     from greencc.driver import compile, inspect, optimize  # noqa: F401
     from greencc.errors import *  # noqa: F401,F403
@@ -87,6 +90,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from greencc.pipeline.context import PassContext, register_analysis  # noqa: F401
     from greencc.pipeline.instruments import Instrument  # noqa: F401
     from greencc.pipeline.manager import PassManager  # noqa: F401
+    from greencc.pipeline.plugins import load_plugin  # noqa: F401
     from greencc.pipeline.text import Pipeline  # noqa: F401
     from greencc.report.ledger import Report  # noqa: F401
     from greencc.target import (  # noqa: F401
