@@ -53,8 +53,8 @@ energy_window_s = 2.5
 grid_intensity = "FRA"
 pue = 1.2
 plugins = ["my_passes.py", "my_package.passes"]
-model_sha256 = "%s"
-calibration_sha256 = "%s"
+model_sha256 = "SHA_A"
+calibration_sha256 = "SHA_B"
 
 [target_options]
 tune_budget_s = 60
@@ -65,7 +65,7 @@ extra = { fast = true }
 [dims]
 batch = 1
 seq = 128
-""" % ("a" * 64, "b" * 64)
+""".replace("SHA_A", "a" * 64).replace("SHA_B", "b" * 64)
 
 
 def test_dict_and_json_round_trip():
