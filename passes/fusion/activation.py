@@ -10,24 +10,15 @@ ONNX Runtime kernel implements (``FUSED_CONV_ACTIVATIONS`` / ``FUSED_GEMM_ACTIVA
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from greencc.passes.lib.graph_edits import constant_array
+from greencc.passes.lib.matching import CONTRIB_DOMAIN, FusionRun, float_attr, label, other_readers
+from greencc.passes.lib.rules import Match, Op, Rule
 from greencc.pipeline.base import register_pass
-
-from greencc.passes.lib.matching import (
-    CONTRIB_DOMAIN,
-    FusionPass,
-    FusionRun,
-    float_attr,
-    label,
-    other_readers,
-    producer,
-)
 
 # ONNX Runtime's contrib kernels (onnxruntime/contrib_ops/cpu/fused_activation.cc and
 # fused_gemm.cc, checked against onnxruntime 1.32): the activations each accepts.
@@ -39,13 +30,6 @@ ACTIVATIONS = FUSED_CONV_ACTIVATIONS | FUSED_GEMM_ACTIVATIONS
 # The Conv/Gemm attributes the fused ops take over unchanged.
 CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 GEMM_ATTRIBUTES = ("alpha", "beta", "transA", "transB")
-
-
-@dataclass
-class ActivationSite:
-    producer: ir.Node
-    activation: ir.Node
-    params: list[float]
 
 
 def _activation_params(node: ir.Node, run: FusionRun) -> list[float] | None:
@@ -74,7 +58,7 @@ def _activation_params(node: ir.Node, run: FusionRun) -> list[float] | None:
 
 
 @register_pass("fuse-activation")
-class FuseActivation(FusionPass):
+class FuseActivation(Rule):
     """Act(Conv(...)) -> com.microsoft::FusedConv; Act(Gemm(...)) -> com.microsoft::FusedGemm.
 
     Act is Relu, Clip (constant bounds), LeakyRelu, Sigmoid, Tanh, HardSigmoid or
@@ -82,35 +66,27 @@ class FuseActivation(FusionPass):
     target lacks the fused op, or the pre-activation tensor is read elsewhere.
     """
 
-    def match(self, node: ir.Node, run: FusionRun) -> ActivationSite | None:
-        if node.op_type not in ACTIVATIONS or node.domain not in ("", "ai.onnx"):
-            return None
-        source = producer(node.inputs[0], "Conv", "Gemm")
-        if source is None:
-            return None
+    pattern = Op(ACTIVATIONS, Op(("Conv", "Gemm"), name="source", more_inputs=True), more_inputs=True)
+
+    def check(self, m: Match, run: FusionRun) -> str:
+        node, source = m.root, m.node("source")
         fused_op = "FusedConv" if source.op_type == "Conv" else "FusedGemm"
         supported = FUSED_CONV_ACTIVATIONS if fused_op == "FusedConv" else FUSED_GEMM_ACTIVATIONS
         if node.op_type not in supported:
-            run.decline(node, f"{CONTRIB_DOMAIN}::{fused_op} has no {node.op_type} activation")
-            return None
-        why = other_readers(source.outputs[0], [node])
+            return f"{CONTRIB_DOMAIN}::{fused_op} has no {node.op_type} activation"
+        why = other_readers(m["source"], [node])
         if why:
-            run.decline(node, f"cannot fuse into {label(source)}: {why}")
-            return None
-        dtype = run.dtype(source.outputs[0]) or run.dtype(source.inputs[0])
+            return f"cannot fuse into {label(source)}: {why}"
+        dtype = run.dtype(m["source"]) or run.dtype(source.inputs[0])
         if dtype != ir.DataType.FLOAT:
-            run.decline(node, f"{fused_op} runs float32 only; the data is {dtype}")
-            return None
-        params = _activation_params(node, run)
-        if params is None:
-            run.decline(node, "the Clip bounds are not constants")
-            return None
-        if not run.supports(node, f"{CONTRIB_DOMAIN}::{fused_op}"):
-            return None
-        return ActivationSite(source, node, params)
+            return f"{fused_op} runs float32 only; the data is {dtype}"
+        m["params"] = _activation_params(node, run)
+        if m["params"] is None:
+            return "the Clip bounds are not constants"
+        return run.unsupported_reason(f"{CONTRIB_DOMAIN}::{fused_op}")
 
-    def rewrite(self, site: ActivationSite, run: FusionRun) -> None:
-        source, activation = site.producer, site.activation
+    def rewrite(self, m: Match, run: FusionRun) -> None:
+        source, activation = m.node("source"), m.root
         run.fused_away([source.outputs[0]])
         attributes: dict[str, Any] = {"activation": activation.op_type}
         if source.op_type == "Conv":
@@ -118,14 +94,14 @@ class FuseActivation(FusionPass):
             for name in CONV_ATTRIBUTES:
                 if name in source.attributes:
                     attributes[name] = source.attributes[name].value
-            if site.params:
-                attributes["activation_params"] = site.params
+            if m["params"]:
+                attributes["activation_params"] = m["params"]
         else:
             fused_op = "FusedGemm"
             for name in GEMM_ATTRIBUTES:
                 if name in source.attributes:
                     attributes[name] = source.attributes[name].value
-            for key, value in zip(("activation_alpha", "activation_beta"), site.params, strict=False):
+            for key, value in zip(("activation_alpha", "activation_beta"), m["params"], strict=False):
                 attributes[key] = value
         fused = run.new_node(
             fused_op, list(source.inputs), attributes, anchor=source, domain=CONTRIB_DOMAIN

@@ -24,11 +24,15 @@ import onnx
 import onnx.helper
 import onnx_ir as ir
 
+from greencc.passes.lib.attention_heads import (
+    AttentionAnalysis,
+    AttentionSite,
+    Projection,
+    analyze_attention,
+)
 from greencc.passes.lib.graph_edits import constant_tensor
-from greencc.pipeline.base import register_pass
-
-from greencc.passes.lib.attention_heads import AttentionAnalysis, AttentionSite, Projection, analyze_attention
 from greencc.passes.lib.matching import CONTRIB_DOMAIN, FusionPass, FusionRun, label
+from greencc.pipeline.base import register_pass
 
 # A mask subgraph bigger than this (nodes) is not evaluated.
 MAX_MASK_NODES = 400

@@ -18,11 +18,8 @@ import onnx_ir as ir
 
 from greencc.ir import inherit_provenance
 from greencc.passes.lib.graph_edits import constant_array, redirect, remove_node
-from greencc.pipeline.base import register_pass
-
 from greencc.passes.lib.matching import (
     MAX_CHECKED_ELEMENTS,
-    FusionPass,
     FusionRun,
     float_attr,
     int_attr,
@@ -31,6 +28,8 @@ from greencc.passes.lib.matching import (
     other_readers,
     producer,
 )
+from greencc.passes.lib.rules import Match, Op, Rule, Var
+from greencc.pipeline.base import register_pass
 
 
 @dataclass
@@ -42,23 +41,20 @@ class ConvParameters:
     bias: np.ndarray
 
 
-def conv_parameters(conv: ir.Node, run: FusionRun, at: ir.Node) -> ConvParameters | None:
-    """The constant weight and bias of ``conv``; declines at ``at`` when not constant."""
+def conv_parameters(conv: ir.Node) -> ConvParameters | str:
+    """The constant weight and bias of ``conv``, or why they are not constants."""
     weight = constant_array(conv.inputs[1] if len(conv.inputs) > 1 else None)
     if weight is None:
-        run.decline(at, f"the weight of {label(conv)} is not a constant")
-        return None
+        return f"the weight of {label(conv)} is not a constant"
     if weight.dtype.kind != "f":
-        run.decline(at, f"the weight of {label(conv)} is {weight.dtype}, not a float type")
-        return None
+        return f"the weight of {label(conv)} is {weight.dtype}, not a float type"
     bias_value = conv.inputs[2] if len(conv.inputs) > 2 else None
     if bias_value is None:
         bias = np.zeros(weight.shape[0], dtype=weight.dtype)
     else:
         bias = constant_array(bias_value)
         if bias is None:
-            run.decline(at, f"the bias of {label(conv)} is not a constant")
-            return None
+            return f"the bias of {label(conv)} is not a constant"
     return ConvParameters(conv, weight, bias)
 
 
@@ -88,75 +84,55 @@ def fold_into_conv(conv: ir.Node, follower: ir.Node, run: FusionRun) -> None:
     remove_node(follower)
 
 
-def _conv_input(node: ir.Node, value: ir.Value | None, run: FusionRun) -> ir.Node | None:
-    """The Conv producing ``value`` when only ``node`` reads it; declines otherwise."""
-    conv = producer(value, "Conv")
-    if conv is None:
-        return None
+def _conv_reason(node: ir.Node, conv: ir.Node) -> str:
+    """Why ``conv`` cannot be folded into by ``node`` (another reader), or ``""``."""
     why = other_readers(conv.outputs[0], [node])
-    if why:
-        run.decline(node, f"cannot fold into {label(conv)}: {why}")
-        return None
-    return conv
-
-
-@dataclass
-class BatchNormSite:
-    params: ConvParameters
-    batchnorm: ir.Node
-    scale: np.ndarray
-    shift: np.ndarray
+    return f"cannot fold into {label(conv)}: {why}" if why else ""
 
 
 @register_pass("fold-batchnorm")
-class FoldBatchNorm(FusionPass):
+class FoldBatchNorm(Rule):
     """BatchNormalization(Conv(x, W, b)) -> Conv(x, W·s, (b-μ)·s+β) with s = γ/√(σ²+ε).
 
     Inference-mode BatchNormalization only; the Conv's weight and bias and the
     normalization's statistics must be constants, and nothing else may read the Conv.
     """
 
-    def match(self, node: ir.Node, run: FusionRun) -> BatchNormSite | None:
-        if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
-            return None
-        source = node.inputs[0]
-        conv = producer(source, "Conv")
+    pattern = Op("BatchNormalization", Var("x"), more_inputs=True)
+
+    def check(self, m: Match, run: FusionRun) -> str:
+        node = m.root
+        conv = producer(m["x"], "Conv")
         if conv is None:
-            origin = source.producer() if source is not None else None
-            what = label(origin) if origin else "a graph input"
-            run.decline(node, f"its input comes from {what}, not from a Conv")
-            return None
+            origin = m["x"].producer()
+            return f"its input comes from {label(origin) if origin else 'a graph input'}, not from a Conv"
         if int_attr(node, "training_mode", 0):
-            run.decline(node, "it runs in training mode (batch statistics)")
-            return None
+            return "it runs in training mode (batch statistics)"
         if any(out.uses() or out.is_graph_output() for out in node.outputs[1:]):
-            run.decline(node, "its running-statistics outputs are used")
-            return None
-        conv = _conv_input(node, source, run)
-        if conv is None:
-            return None
-        params = conv_parameters(conv, run, node)
-        if params is None:
-            return None
+            return "its running-statistics outputs are used"
+        why = _conv_reason(node, conv)
+        if why:
+            return why
+        params = m["params"] = conv_parameters(conv)
+        if isinstance(params, str):
+            return params
         stats = [constant_array(v) for v in node.inputs[1:5]]
         if len(stats) != 4 or any(s is None for s in stats):
-            run.decline(node, "its scale, bias, mean or variance is not a constant")
-            return None
+            return "its scale, bias, mean or variance is not a constant"
         gamma, beta, mean, var = (np.asarray(s, np.float64).reshape(-1) for s in stats)
         channels = params.weight.shape[0]
         if any(a.size != channels for a in (gamma, beta, mean, var)):
-            run.decline(node, f"its statistics do not have one value per Conv channel ({channels})")
-            return None
-        scale = gamma / np.sqrt(var + float_attr(node, "epsilon", 1e-5))
-        shift = beta - mean * scale
-        return BatchNormSite(params, node, scale, shift)
+            return f"its statistics do not have one value per Conv channel ({channels})"
+        m["scale"] = gamma / np.sqrt(var + float_attr(node, "epsilon", 1e-5))
+        m["shift"] = beta - mean * m["scale"]
+        return ""
 
-    def rewrite(self, site: BatchNormSite, run: FusionRun) -> None:
-        params = site.params
-        weight = params.weight.astype(np.float64) * _per_channel(site.scale, params.weight.ndim)
-        bias = params.bias.astype(np.float64) * site.scale + site.shift
+    def rewrite(self, m: Match, run: FusionRun) -> None:
+        params, scale = m["params"], m["scale"]
+        weight = params.weight.astype(np.float64) * _per_channel(scale, params.weight.ndim)
+        bias = params.bias.astype(np.float64) * scale + m["shift"]
         set_conv_parameters(params, weight, bias, run)
-        fold_into_conv(params.conv, site.batchnorm, run)
+        fold_into_conv(params.conv, m.root, run)
 
 
 def _per_channel(vector: np.ndarray, rank: int) -> np.ndarray:
@@ -183,52 +159,33 @@ def per_channel_vector(
     return vector, ""
 
 
-@dataclass
-class AffineSite:
-    params: ConvParameters
-    follower: ir.Node
-    vector: np.ndarray
+class _FoldPerChannel(Rule):
+    """Shared check of ``Op(Conv(...), C)`` with a per-channel constant ``C``; stores the
+    per-channel vector as ``m["vector"]``."""
 
-
-class _FoldPerChannel(FusionPass):
-    """Shared match of ``Op(Conv(...), C)`` with a per-channel constant ``C``."""
-
-    op_types: ClassVar[tuple[str, ...]] = ()
     # Ops where only Op(Conv, C) folds (not Op(C, Conv)).
     ordered: ClassVar[tuple[str, ...]] = ()
 
-    def match(self, node: ir.Node, run: FusionRun) -> AffineSite | None:
-        if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx"):
-            return None
-        if len(node.inputs) != 2:
-            return None
-        sides = [(i, producer(v, "Conv")) for i, v in enumerate(node.inputs)]
-        sides = [(i, conv) for i, conv in sides if conv is not None]
-        if not sides:
-            return None
-        index, _ = sides[0]
-        if node.op_type in self.ordered and index != 0:
-            run.decline(node, f"{node.op_type}(C, Conv) is not an affine map of the Conv output")
-            return None
-        conv = _conv_input(node, node.inputs[index], run)
-        if conv is None:
-            return None
-        other = node.inputs[1 - index]
+    def check(self, m: Match, run: FusionRun) -> str:
+        node, conv = m.root, m.node("conv")
+        if node.op_type in self.ordered and node.inputs[0] is not m["conv"]:
+            return f"{node.op_type}(C, Conv) is not an affine map of the Conv output"
+        why = _conv_reason(node, conv)
+        if why:
+            return why
+        other = m["c"]
         constant = constant_array(other, max_elements=MAX_CHECKED_ELEMENTS)
         if constant is None:
-            run.decline(node, f"its other input '{other.name}' is not a (small) constant")
-            return None
-        params = conv_parameters(conv, run, node)
-        if params is None:
-            return None
-        vector, why = per_channel_vector(constant, params.weight.ndim, params.weight.shape[0])
-        if vector is None:
-            run.decline(node, why)
-            return None
+            return f"its other input '{other.name}' is not a (small) constant"
+        params = m["params"] = conv_parameters(conv)
+        if isinstance(params, str):
+            return params
+        m["vector"], why = per_channel_vector(constant, params.weight.ndim, params.weight.shape[0])
+        if m["vector"] is None:
+            return why
         if constant.dtype != params.weight.dtype:
-            run.decline(node, f"the constant is {constant.dtype}, the Conv {params.weight.dtype}")
-            return None
-        return AffineSite(params, node, vector)
+            return f"the constant is {constant.dtype}, the Conv {params.weight.dtype}"
+        return ""
 
 
 @register_pass("fold-conv-bias")
@@ -239,15 +196,15 @@ class FoldConvBias(_FoldPerChannel):
     or a scalar), so adding it never broadcasts the Conv output to a new shape.
     """
 
-    op_types = ("Add", "Sub")
+    pattern = Op(("Add", "Sub"), Op("Conv", name="conv", more_inputs=True), Var("c"), commute=True)
     ordered = ("Sub",)
 
-    def rewrite(self, site: AffineSite, run: FusionRun) -> None:
-        params = site.params
-        sign = -1.0 if site.follower.op_type == "Sub" else 1.0
-        bias = params.bias.astype(np.float64) + sign * site.vector
+    def rewrite(self, m: Match, run: FusionRun) -> None:
+        params = m["params"]
+        sign = -1.0 if m.root.op_type == "Sub" else 1.0
+        bias = params.bias.astype(np.float64) + sign * m["vector"]
         set_conv_parameters(params, params.weight.astype(np.float64), bias, run)
-        fold_into_conv(params.conv, site.follower, run)
+        fold_into_conv(params.conv, m.root, run)
 
 
 @register_pass("fold-conv-scale")
@@ -258,59 +215,47 @@ class FoldConvScale(_FoldPerChannel):
     holding a zero is left alone.
     """
 
-    op_types = ("Mul", "Div")
+    pattern = Op(("Mul", "Div"), Op("Conv", name="conv", more_inputs=True), Var("c"), commute=True)
     ordered = ("Div",)
 
-    def match(self, node: ir.Node, run: FusionRun) -> AffineSite | None:
-        site = super().match(node, run)
-        if site is not None and node.op_type == "Div":
-            if np.any(site.vector == 0):
-                run.decline(node, "the divisor holds a zero")
-                return None
-            site.vector = 1.0 / site.vector
-        return site
+    def check(self, m: Match, run: FusionRun) -> str:
+        why = super().check(m, run)
+        if why or m.root.op_type != "Div":
+            return why
+        if np.any(m["vector"] == 0):
+            return "the divisor holds a zero"
+        m["vector"] = 1.0 / m["vector"]
+        return ""
 
-    def rewrite(self, site: AffineSite, run: FusionRun) -> None:
-        params = site.params
-        weight = params.weight.astype(np.float64) * _per_channel(site.vector, params.weight.ndim)
-        bias = params.bias.astype(np.float64) * site.vector
+    def rewrite(self, m: Match, run: FusionRun) -> None:
+        params, vector = m["params"], m["vector"]
+        weight = params.weight.astype(np.float64) * _per_channel(vector, params.weight.ndim)
+        bias = params.bias.astype(np.float64) * vector
         set_conv_parameters(params, weight, bias, run)
-        fold_into_conv(params.conv, site.follower, run)
-
-
-@dataclass
-class PadSite:
-    conv: ir.Node
-    pad: ir.Node
-    pads: list[int]
+        fold_into_conv(params.conv, m.root, run)
 
 
 @register_pass("fold-pad")
-class FoldPad(FusionPass):
+class FoldPad(Rule):
     """Conv(Pad(x, p, value=0, mode=constant)) -> Conv(x) with pads + p.
 
     Only zero padding of the spatial axes folds (the batch and channel axes must stay
     unpadded), with non-negative pads, and a Conv whose auto_pad is NOTSET or VALID.
     """
 
-    def match(self, node: ir.Node, run: FusionRun) -> PadSite | None:
-        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
-            return None
-        pad = producer(node.inputs[0], "Pad")
-        if pad is None:
-            return None
-        why = other_readers(pad.outputs[0], [node])
+    pattern = Op("Conv", Op("Pad", Var("x"), name="pad", more_inputs=True), more_inputs=True)
+
+    def check(self, m: Match, run: FusionRun) -> str:
+        node, pad = m.root, m.node("pad")
+        why = other_readers(m["pad"], [node])
         if why:
-            run.decline(node, f"cannot fold {label(pad)}: {why}")
-            return None
+            return f"cannot fold {label(pad)}: {why}"
         mode = pad.attributes.get("mode")
         if mode is not None and mode.as_string() != "constant":
-            run.decline(node, f"{label(pad)} uses mode '{mode.as_string()}', not constant")
-            return None
+            return f"{label(pad)} uses mode '{mode.as_string()}', not constant"
         pads = self._pads(pad, run)
         if pads is None:
-            run.decline(node, f"the pads of {label(pad)} are not a constant")
-            return None
+            return f"the pads of {label(pad)} are not a constant"
         value = pad.inputs[2] if len(pad.inputs) > 2 else None
         if value is None:
             fill = 0.0 if run.onnx_opset() >= 11 else float_attr(pad, "value", 0.0)
@@ -318,45 +263,37 @@ class FoldPad(FusionPass):
             fill_array = constant_array(value, max_elements=1)
             fill = None if fill_array is None else float(np.asarray(fill_array).reshape(-1)[0])
         if fill != 0.0:
-            shown = "not a constant" if fill is None else str(fill)
-            run.decline(node, f"{label(pad)} pads with {shown}, not zero")
-            return None
+            return f"{label(pad)} pads with {'not a constant' if fill is None else fill}, not zero"
         rank = len(pads) // 2
         axes = self._axes(pad, rank, run)
         if axes is None:
-            run.decline(node, f"the axes of {label(pad)} are not a constant")
-            return None
+            return f"the axes of {label(pad)} are not a constant"
         weight_rank = run.rank(node.inputs[1])
         if weight_rank is None:
-            run.decline(node, "the rank of the Conv weight is unknown")
-            return None
+            return "the rank of the Conv weight is unknown"
         full = [0] * (2 * weight_rank)
         for i, axis in enumerate(axes):
             axis = axis + weight_rank if axis < 0 else axis
             if not 0 <= axis < weight_rank:
-                run.decline(node, f"{label(pad)} pads axis {axis} of a rank-{weight_rank} input")
-                return None
+                return f"{label(pad)} pads axis {axis} of a rank-{weight_rank} input"
             full[axis] = pads[i]
             full[axis + weight_rank] = pads[i + rank]
         if any(p < 0 for p in full):
-            run.decline(node, f"{label(pad)} crops (negative pads {full})")
-            return None
+            return f"{label(pad)} crops (negative pads {full})"
         if any(full[a] or full[a + weight_rank] for a in (0, 1)):
-            run.decline(node, f"{label(pad)} pads the batch or channel axis ({full})")
-            return None
+            return f"{label(pad)} pads the batch or channel axis ({full})"
         auto_pad = node.attributes.get("auto_pad")
         if auto_pad is not None and auto_pad.as_string() not in ("NOTSET", "VALID"):
-            run.decline(node, f"the Conv uses auto_pad={auto_pad.as_string()}")
-            return None
+            return f"the Conv uses auto_pad={auto_pad.as_string()}"
         spatial = weight_rank - 2
         conv_pads = ints_attr(node, "pads") or [0] * (2 * spatial)
         if auto_pad is not None and auto_pad.as_string() == "VALID":
             conv_pads = [0] * (2 * spatial)
-        new = [
+        m["pads"] = [
             conv_pads[i] + (full[2 + i] if i < spatial else full[weight_rank + 2 + i - spatial])
             for i in range(2 * spatial)
         ]
-        return PadSite(node, pad, new)
+        return ""
 
     @staticmethod
     def _pads(pad: ir.Node, run: FusionRun) -> list[int] | None:
@@ -372,11 +309,11 @@ class FoldPad(FusionPass):
             return None if array is None else [int(v) for v in np.asarray(array).reshape(-1)]
         return list(range(rank))
 
-    def rewrite(self, site: PadSite, run: FusionRun) -> None:
-        conv, pad = site.conv, site.pad
-        run.fused_away([pad.outputs[0]])
-        conv.replace_input_with(0, pad.inputs[0])
-        conv.attributes["pads"] = ir.AttrInt64s("pads", site.pads)
+    def rewrite(self, m: Match, run: FusionRun) -> None:
+        conv, pad = m.root, m.node("pad")
+        run.fused_away([m["pad"]])
+        conv.replace_input_with(0, m["x"])
+        conv.attributes["pads"] = ir.AttrInt64s("pads", m["pads"])
         conv.attributes.pop("auto_pad", None)
         inherit_provenance(conv, [conv, pad])
         remove_node(pad)

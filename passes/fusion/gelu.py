@@ -17,8 +17,6 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from greencc.passes.lib.graph_edits import constant_tensor
-from greencc.pipeline.base import register_pass
-
 from greencc.passes.lib.matching import (
     CONTRIB_DOMAIN,
     FusionPass,
@@ -28,6 +26,8 @@ from greencc.passes.lib.matching import (
     scalar_constant,
     single_reader,
 )
+from greencc.passes.lib.rules import ANY_DOMAIN, Match, Op, Rule, Var
+from greencc.pipeline.base import register_pass
 
 SQRT2 = math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -218,68 +218,46 @@ def _cube_of(value: ir.Value, x: ir.Value) -> list[ir.Node] | None:
     return None
 
 
-@dataclass
-class BiasGeluSite:
-    add: ir.Node
-    gelu: ir.Node
-    x: ir.Value
-    bias: ir.Value
-    op: str
+def _approximation(node: ir.Node) -> str | None:
+    """``"none"`` / ``"tanh"``: which GELU ``node`` computes without a bias; else ``None``."""
+    if node.domain in ("", "ai.onnx") and node.op_type == "Gelu":
+        attr = node.attributes.get("approximate")
+        return "none" if attr is None else attr.as_string()
+    if node.domain == CONTRIB_DOMAIN and node.op_type == "Gelu":
+        return "none"
+    if node.domain == CONTRIB_DOMAIN and node.op_type == "FastGelu" and (
+        len(node.inputs) < 2 or node.inputs[1] is None
+    ):
+        return "tanh"
+    return None
 
 
 @register_pass("fuse-bias-gelu")
-class FuseBiasGelu(FusionPass):
+class FuseBiasGelu(Rule):
     """Gelu(Add(x, b)) -> com.microsoft::BiasGelu(x, b); the tanh form -> FastGelu(x, b).
 
     ``b`` is a constant vector as long as the last axis of ``x`` (a Linear layer's bias),
     and the Add is read only by the GELU.
     """
 
-    def match(self, node: ir.Node, run: FusionRun) -> BiasGeluSite | None:
-        approximate = self._approximation(node)
-        if approximate is None:
-            return None
-        add = producer(node.inputs[0], "Add")
-        if add is None:
-            return None
-        x = bias = None
-        for i in (0, 1):
-            tensor = constant_tensor(add.inputs[1 - i])
-            if tensor is not None and constant_tensor(add.inputs[i]) is None:
-                x, bias = add.inputs[i], add.inputs[1 - i]
-                break
-        if x is None or bias is None:
-            return None
-        tensor = constant_tensor(bias)
-        shape = run.shape(x)
+    pattern = Op(
+        ("Gelu", "FastGelu"),
+        Op("Add", Var("x", const=False), Var("bias", const=True), commute=True, name="add"),
+        domain=ANY_DOMAIN, more_inputs=True, where=lambda node: _approximation(node) is not None,
+    )
+
+    def check(self, m: Match, run: FusionRun) -> str:
+        x, bias = m["x"], m["bias"]
+        tensor, shape = constant_tensor(bias), run.shape(x)
         if len(tensor.shape) != 1 or shape is None or not shape or shape[-1] != tensor.shape[0]:
-            run.decline(node, f"the bias '{bias.name}' is not a vector along the last axis of '{x.name}'")
-            return None
-        why = other_readers(add.outputs[0], [node])
+            return f"the bias '{bias.name}' is not a vector along the last axis of '{x.name}'"
+        why = other_readers(m["add"], [m.root])
         if why:
-            run.decline(node, f"the biased value cannot be removed: {why}")
-            return None
-        op = "BiasGelu" if approximate == "none" else "FastGelu"
-        if not run.supports(node, f"{CONTRIB_DOMAIN}::{op}"):
-            return None
-        return BiasGeluSite(add, node, x, bias, op)
+            return f"the biased value cannot be removed: {why}"
+        m["op"] = "BiasGelu" if _approximation(m.root) == "none" else "FastGelu"
+        return run.unsupported_reason(f"{CONTRIB_DOMAIN}::{m['op']}")
 
-    @staticmethod
-    def _approximation(node: ir.Node) -> str | None:
-        if node.domain in ("", "ai.onnx") and node.op_type == "Gelu":
-            attr = node.attributes.get("approximate")
-            return "none" if attr is None else attr.as_string()
-        if node.domain == CONTRIB_DOMAIN and node.op_type == "Gelu":
-            return "none"
-        if node.domain == CONTRIB_DOMAIN and node.op_type == "FastGelu" and (
-            len(node.inputs) < 2 or node.inputs[1] is None
-        ):
-            return "tanh"
-        return None
-
-    def rewrite(self, site: BiasGeluSite, run: FusionRun) -> None:
-        run.fused_away([site.add.outputs[0]])
-        fused = run.new_node(site.op, [site.x, site.bias], anchor=site.gelu, domain=CONTRIB_DOMAIN)
-        run.replace(site.gelu.outputs[0], fused, fused.outputs[0], [site.add, site.gelu], before=site.gelu)
-
-
+    def rewrite(self, m: Match, run: FusionRun) -> None:
+        run.fused_away([m["add"]])
+        fused = run.new_node(m["op"], [m["x"], m["bias"]], anchor=m.root, domain=CONTRIB_DOMAIN)
+        run.replace(m.output, fused, fused.outputs[0], [m.node("add"), m.root], before=m.root)

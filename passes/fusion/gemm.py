@@ -5,13 +5,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import onnx_ir as ir
 
+from greencc.passes.lib.matching import FusionRun, label, other_readers
+from greencc.passes.lib.rules import Match, Op, Rule, Var
 from greencc.pipeline.base import register_pass
-
-from greencc.passes.lib.matching import FusionPass, FusionRun, label, other_readers, producer
 
 # Element types Gemm (opset 13) accepts.
 GEMM_DTYPES = frozenset(
@@ -22,15 +20,8 @@ GEMM_DTYPES = frozenset(
 )
 
 
-@dataclass
-class MatMulAddSite:
-    matmul: ir.Node
-    add: ir.Node
-    bias: ir.Value
-
-
 @register_pass("fuse-matmul-add")
-class FuseMatMulAdd(FusionPass):
+class FuseMatMulAdd(Rule):
     """Add(MatMul(A, B), C) -> Gemm(A, B, C) where A and B have rank 2.
 
     C must broadcast one way to the [M, N] product (a bias row, column, scalar or matrix).
@@ -38,52 +29,35 @@ class FuseMatMulAdd(FusionPass):
     Transformer projections (rank-3 activations) are left to the transformer fusions.
     """
 
-    def match(self, node: ir.Node, run: FusionRun) -> MatMulAddSite | None:
-        if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
-            return None
-        found = [(i, producer(v, "MatMul")) for i, v in enumerate(node.inputs)]
-        found = [(i, m) for i, m in found if m is not None]
-        if not found:
-            return None
-        index, matmul = found[0]
-        bias = node.inputs[1 - index]
-        why = other_readers(matmul.outputs[0], [node])
+    pattern = Op("Add", Op("MatMul", Var("a"), Var("b"), name="matmul"), Var("c"), commute=True)
+
+    def check(self, m: Match, run: FusionRun) -> str:
+        why = other_readers(m["matmul"], [m.root])
         if why:
-            run.decline(node, f"cannot fuse {label(matmul)}: {why}")
-            return None
-        a, b = matmul.inputs[0], matmul.inputs[1]
-        for role, operand in (("A", a), ("B", b)):
+            return f"cannot fuse {label(m.node('matmul'))}: {why}"
+        for role, operand in (("A", m["a"]), ("B", m["b"])):
             rank = run.rank(operand)
             if rank is None:
-                run.decline(node, f"the rank of MatMul operand {role} '{operand.name}' is unknown")
-                return None
+                return f"the rank of MatMul operand {role} '{operand.name}' is unknown"
             if rank != 2:
-                run.decline(node, f"MatMul operand {role} '{operand.name}' has rank {rank}; Gemm needs rank 2")
-                return None
-        dtype = run.dtype(a)
+                return f"MatMul operand {role} '{operand.name}' has rank {rank}; Gemm needs rank 2"
+        dtype = run.dtype(m["a"])
         if dtype not in GEMM_DTYPES:
-            run.decline(node, f"Gemm does not take {dtype} operands")
-            return None
-        product = run.shape(matmul.outputs[0])
-        bias_shape = run.shape(bias)
+            return f"Gemm does not take {dtype} operands"
+        bias = m["c"]
+        product, bias_shape = run.shape(m["matmul"]), run.shape(bias)
         if product is None or bias_shape is None:
-            run.decline(node, f"the shape of the bias '{bias.name}' or of the product is unknown")
-            return None
+            return f"the shape of the bias '{bias.name}' or of the product is unknown"
         if len(bias_shape) > 2:
-            run.decline(node, f"the bias '{bias.name}' has rank {len(bias_shape)} and would raise the rank")
-            return None
+            return f"the bias '{bias.name}' has rank {len(bias_shape)} and would raise the rank"
         for have, want in zip(reversed(list(bias_shape)), reversed(list(product)), strict=False):
-            if have == 1 or have == want:
-                continue
-            run.decline(
-                node, f"the bias '{bias.name}' of shape {list(bias_shape)} does not broadcast "
-                f"one way to the product's {list(product)}",
-            )
-            return None
-        return MatMulAddSite(matmul, node, bias)
+            if have != 1 and have != want:
+                return (f"the bias '{bias.name}' of shape {list(bias_shape)} does not broadcast "
+                        f"one way to the product's {list(product)}")
+        return ""
 
-    def rewrite(self, site: MatMulAddSite, run: FusionRun) -> None:
-        matmul, add = site.matmul, site.add
-        run.fused_away([matmul.outputs[0]])
-        gemm = run.new_node("Gemm", [matmul.inputs[0], matmul.inputs[1], site.bias], anchor=matmul)
-        run.replace(add.outputs[0], gemm, gemm.outputs[0], [matmul, add], before=add)
+    def rewrite(self, m: Match, run: FusionRun) -> None:
+        matmul = m.node("matmul")
+        run.fused_away([m["matmul"]])
+        gemm = run.new_node("Gemm", [m["a"], m["b"], m["c"]], anchor=matmul)
+        run.replace(m.output, gemm, gemm.outputs[0], [matmul, m.root], before=m.root)

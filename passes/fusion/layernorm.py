@@ -18,8 +18,6 @@ import numpy as np
 import onnx_ir as ir
 
 from greencc.passes.lib.graph_edits import constant_array, constant_tensor
-from greencc.pipeline.base import register_pass
-
 from greencc.passes.lib.matching import (
     CONTRIB_DOMAIN,
     MAX_CHECKED_ELEMENTS,
@@ -34,6 +32,8 @@ from greencc.passes.lib.matching import (
     producer,
     scalar_constant,
 )
+from greencc.passes.lib.rules import Match, Op, Rule, Var
+from greencc.pipeline.base import register_pass
 
 
 # ----------------------------------------------------------------------------- fuse-layernorm
@@ -274,19 +274,8 @@ def _bias_of(value: ir.Value, hidden: int | None, run: FusionRun, reader: ir.Nod
     return None
 
 
-@dataclass
-class SkipLayerNormSite:
-    layernorm: ir.Node
-    add: ir.Node
-    input: ir.Value
-    skip: ir.Value
-    bias: ir.Value | None
-    bias_add: ir.Node | None
-    keep_sum: bool
-
-
 @register_pass("fuse-skip-layernorm")
-class FuseSkipLayerNorm(FusionPass):
+class FuseSkipLayerNorm(Rule):
     """LayerNormalization(Add(a, b)) -> com.microsoft::SkipLayerNormalization(a, b, γ, β).
 
     A bias Add on either side joins it: Add(Add(x, bias), b) -> SkipLayerNormalization(x, b, γ, β, bias).
@@ -296,56 +285,54 @@ class FuseSkipLayerNorm(FusionPass):
     normalization over the last axis.
     """
 
-    def match(self, node: ir.Node, run: FusionRun) -> SkipLayerNormSite | None:
-        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
-            return None
-        add = producer(node.inputs[0], "Add")
-        if add is None:
-            return None
-        a, b = add.inputs[0], add.inputs[1]
-        if constant_tensor(a) is not None or constant_tensor(b) is not None:
-            return None  # a bias, not a residual: fuse-embed-layernorm or nothing
+    # Two non-constant addends: a residual; a constant one is a bias (fuse-embed-layernorm's).
+    pattern = Op(
+        "LayerNormalization",
+        Op("Add", Var("a", const=False), Var("b", const=False), name="sum"),
+        more_inputs=True,
+    )
+
+    def check(self, m: Match, run: FusionRun) -> str:
+        node, a, b = m.root, m["a"], m["b"]
         shape_a, shape_b = run.shape(a), run.shape(b)
         if shape_a is None or shape_b is None or list(shape_a) != list(shape_b):
-            run.decline(node, f"the residual operands have shapes {shape_a} and {shape_b}, not one known shape")
-            return None
+            return f"the residual operands have shapes {shape_a} and {shape_b}, not one known shape"
         if len(shape_a) != 3:
-            run.decline(node, f"the input has rank {len(shape_a)}; SkipLayerNormalization takes rank 3")
-            return None
+            return f"the input has rank {len(shape_a)}; SkipLayerNormalization takes rank 3"
         hidden = shape_a[-1] if isinstance(shape_a[-1], int) else None
-        why = _layernorm_parameters(node, run, hidden)
+        why = _layernorm_parameters(node, run, hidden) or run.unsupported_reason(
+            f"{CONTRIB_DOMAIN}::SkipLayerNormalization"
+        )
         if why:
-            run.decline(node, why)
-            return None
-        if not run.supports(node, f"{CONTRIB_DOMAIN}::SkipLayerNormalization"):
-            return None
-        if add.outputs[0].is_graph_output():
-            run.decline(node, f"the residual sum '{add.outputs[0].name}' is a graph output")
-            return None
-        keep_sum = bool(other_readers(add.outputs[0], [node]))
+            return why
+        if m["sum"].is_graph_output():
+            return f"the residual sum '{m['sum'].name}' is a graph output"
+        m["keep_sum"] = bool(other_readers(m["sum"], [node]))
+        m["input"], m["skip"], m["bias"], m["bias_add"] = a, b, None, None
         for first, second in ((a, b), (b, a)):
-            found = _bias_of(first, hidden, run, add)
+            found = _bias_of(first, hidden, run, m.node("sum"))
             if found is not None:
-                x, bias, bias_add = found
-                return SkipLayerNormSite(node, add, x, second, bias, bias_add, keep_sum)
-        return SkipLayerNormSite(node, add, a, b, None, None, keep_sum)
+                m["input"], m["bias"], m["bias_add"] = found
+                m["skip"] = second
+                break
+        return ""
 
-    def rewrite(self, site: SkipLayerNormSite, run: FusionRun) -> None:
-        node, add = site.layernorm, site.add
-        removed = [] if site.keep_sum else [add.outputs[0]]
-        if site.bias_add is not None:
-            removed.append(site.bias_add.outputs[0])
+    def rewrite(self, m: Match, run: FusionRun) -> None:
+        node, add, bias_add, keep_sum = m.root, m.node("sum"), m["bias_add"], m["keep_sum"]
+        removed = [] if keep_sum else [add.outputs[0]]
+        if bias_add is not None:
+            removed.append(bias_add.outputs[0])
         run.fused_away(removed)
         beta = node.inputs[2] if len(node.inputs) > 2 else None
         fused = run.new_node(
             "SkipLayerNormalization",
-            [site.input, site.skip, node.inputs[1], beta, site.bias],
+            [m["input"], m["skip"], node.inputs[1], beta, m["bias"]],
             {"epsilon": float_attr(node, "epsilon", 1e-5)},
             anchor=node, domain=CONTRIB_DOMAIN,
-            output_names=["skip_layernorm_out", "", "", "skip_sum"] if site.keep_sum else None,
+            output_names=["skip_layernorm_out", "", "", "skip_sum"] if keep_sum else None,
         )
-        matched = [n for n in (site.bias_add, add, node) if n is not None]
-        if site.keep_sum:
+        matched = [n for n in (bias_add, add, node) if n is not None]
+        if keep_sum:
             summed = fused.outputs[3]
             summed.type, summed.shape = add.outputs[0].type, add.outputs[0].shape
             for user, index in list(add.outputs[0].uses()):
