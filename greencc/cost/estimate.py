@@ -21,6 +21,7 @@ from greencc.cost.profile import DTYPE_CLASSES, HardwareProfile, MemoryLevel
 from greencc.errors import UsageError
 from greencc.ir.meta import get_meta, source_module
 from greencc.ir.shapes import with_static_inputs
+from greencc.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,6 @@ def estimate_cost(
 
 
 def _ir_model_of(model: Any) -> ir.Model:
-    from greencc.model import Model
 
     if isinstance(model, Model):
         return model.ir

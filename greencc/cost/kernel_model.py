@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from greencc.cache import cache_dir
+from greencc.cost.estimate import estimate_cost
 from greencc.cost.profile import HardwareProfile, MemoryLevel
 from greencc.errors import UsageError
-from greencc.ir.shapes import with_static_inputs
+from greencc.ir.shapes import symbolic_dims, with_static_inputs
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,6 @@ def node_features(model: Any, template: HardwareProfile, dims: Mapping[str, int]
     """Read the estimate's per-node work through probe profiles with ``template``'s memory
     levels: one probe per dtype class (peak 1 MAC/s) and one per level (1 B/s), so every
     count is exactly what :func:`~greencc.cost.estimate.estimate_cost` uses."""
-    from greencc.cost.estimate import estimate_cost
 
     def run(probe: HardwareProfile) -> Any:
         return estimate_cost(model, probe, dims=dims)
@@ -309,7 +309,6 @@ def _ir_of(model: Any) -> Any:
 
 def resolve_dims_of(model: Any, dims: Mapping[str, int] | None) -> dict[str, int]:
     """Every symbolic input dim of ``model`` bound: ``dims`` first, 1 for the rest."""
-    from greencc.ir.shapes import symbolic_dims
 
     resolved = {name: 1 for name in symbolic_dims(_ir_of(model))}
     resolved.update({k: int(v) for k, v in (dims or {}).items() if k in resolved})

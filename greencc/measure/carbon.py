@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from greencc.errors import UsageError
+from greencc.measure.grid import lookup_grid_intensity
 
 # World-average carbon intensity of electricity, 475 gCO2e/kWh: IEA, "Global Energy & CO2
 # Status Report 2019"; CodeCarbon uses this figure as its default when it cannot locate
@@ -62,7 +63,6 @@ class CarbonFactors:
         """
         grid, grid_source, location = DEFAULT_GRID_INTENSITY_G_PER_KWH, DEFAULT_GRID_SOURCE, None
         if isinstance(grid_intensity, str) and _number(grid_intensity) is None:
-            from greencc.measure.grid import lookup_grid_intensity
 
             found = lookup_grid_intensity(grid_intensity)
             grid, grid_source, location = found.g_per_kwh, found.source, found.location

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+from greencc.cost.profile import HardwareProfile
 from greencc.errors import TargetUnavailableError, UsageError
 
 if TYPE_CHECKING:
@@ -128,7 +129,6 @@ class Target:
     @staticmethod
     def profile_by_name(name: str) -> HardwareProfile:
         """Load the named hardware profile (``targets/profiles/<name>.json``)."""
-        from greencc.cost.profile import HardwareProfile
 
         return HardwareProfile.named(name)
 

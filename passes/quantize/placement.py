@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from greencc.ir import node_label
+from greencc.errors import UsageError
+from greencc.ir import infer_shapes, node_label
+from greencc.model import Model
 from greencc.passes.lib.graph_edits import constant_tensor, is_onnx_op
 
 CONTRIB = "com.microsoft"
@@ -61,7 +63,6 @@ class Decline:
 
 def parse_ops(text: str) -> tuple[str, ...]:
     """The op types named in ``ops`` (``"MatMul,Attention"``); unknown ones are errors."""
-    from greencc.errors import UsageError
 
     ops = tuple(op.strip() for op in text.split(",") if op.strip())
     unknown = [op for op in ops if op not in SITE_OPS]
@@ -75,7 +76,6 @@ def parse_ops(text: str) -> tuple[str, ...]:
 
 def ensure_types(model: ir.Model) -> None:
     """Run shape inference when an input of a candidate node has no known dtype or shape."""
-    from greencc.ir import infer_shapes
 
     for node in model.graph:
         if _kind(node) is not None and node.inputs and node.inputs[0] is not None:
@@ -223,7 +223,6 @@ def target_int8_kernels(target: object | None) -> frozenset[str]:
 
 
 def _claims(target: object, op: str) -> bool:
-    from greencc.model import Model
 
     model = Model(_probe_model(op))
     try:

@@ -19,11 +19,14 @@ from typing import ClassVar, Literal
 import numpy as np
 import onnx_ir as ir
 
+from greencc.errors import UsageError
 from greencc.ir import inherit_provenance, node_label
 from greencc.model import Model
 from greencc.passes.lib.graph_edits import NameScope, constant_tensor, new_initializer
 from greencc.pipeline.base import Pass, PassResult, register_pass
 from greencc.pipeline.context import PassContext
+from greencc.quant import collect_abs_max
+from greencc.verify.feeds import random_feeds
 
 from .placement import CONTRIB, QuantSite, ensure_types, find_sites, parse_ops
 
@@ -59,7 +62,6 @@ class SmoothQuant(Pass):
     def call(self, model: Model, ctx: PassContext) -> PassResult:
         """Smooth every eligible activation of the main graph."""
         if not 0.0 <= self.alpha <= 1.0:
-            from greencc.errors import UsageError
 
             raise UsageError(f"smooth-quant: alpha={self.alpha} must lie in [0, 1]", hint="SmoothQuant uses 0.5")
         ops = tuple(op for op in parse_ops(self.ops) if op in ("MatMul", "Attention"))
@@ -225,11 +227,9 @@ def _scale_weight_rows(site: QuantSite, scale: np.ndarray, graph: ir.Graph, name
 
 def _abs_max(model: Model, values: Sequence[ir.Value], ctx: PassContext) -> dict[str, np.ndarray]:
     """Per-channel max |x| over the calibration data (random feeds when none)."""
-    from greencc.quant import collect_abs_max
 
     data = ctx.calibration
     if data is None:
-        from greencc.verify.feeds import random_feeds
 
         data = [random_feeds(model, seed=ctx.seed + i, dims=ctx.dims) for i in range(RANDOM_SAMPLES)]
-    return collect_abs_max(model, data, [v.name for v in values], axis=-1)
+    return collect_abs_max(model, data, [v.name for v in values], axis=-1, executor=ctx.executor)

@@ -21,7 +21,8 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 from onnx.reference.ops.op_dequantize_linear import _CommonDequantizeLinear
 
-from greencc.targets.asic.graph import AsicCall, Placement
+from greencc.ir import to_self_contained_proto
+from greencc.targets.asic.graph import AsicCall, Placement, node_names
 
 DOMAIN = "greencc.reference"
 
@@ -133,8 +134,6 @@ def reference_outputs(proto: onnx.ModelProto, placement: Placement, feeds: Mappi
 def compiled_graph(compiled: Any) -> tuple[onnx.ModelProto, Placement]:
     """The graph an ``AsicCompiledModel`` was lowered from (nodes named as in lowering)
     and its placement."""
-    from greencc.ir import to_self_contained_proto
-    from greencc.targets.asic.graph import node_names
 
     proto = node_names(to_self_contained_proto(compiled.model.ir))
     return proto, Placement(list(compiled.calls), dict(compiled.host_nodes), {}, [n.name for n in proto.graph.node])

@@ -17,6 +17,7 @@ import numpy as np
 from greencc.errors import GreenccError
 from greencc.targets.asic.graph import CALL_OP, AsicCall
 from greencc.targets.asic.sim import Epilogue, SystolicSimulator
+from greencc.targets.tvm.onnx_import import _importer_class, import_proto
 
 PACKED_FUNC = "greencc.asic.call"
 _local = threading.local()
@@ -138,7 +139,6 @@ def importer_class(calls: Mapping[int, AsicCall]) -> type:
     each converter failure tagged by its node (as ``tvm_import`` does)."""
     from tvm import relax
 
-    from greencc.targets.tvm.onnx_import import _importer_class
 
     base = _importer_class()
 
@@ -168,7 +168,6 @@ def importer_class(calls: Mapping[int, AsicCall]) -> type:
 
 def to_relax(proto: Any, calls: Mapping[int, AsicCall]) -> Any:
     """Import an accelerator proto (``asic_graph.accelerator_proto``) into a Relax module."""
-    from greencc.targets.tvm.onnx_import import import_proto
 
     return import_proto(proto, importer_class(calls), where=" for the host CPU",
                         hint="rewrite the node with a pass, or compile for ort-cpu, which runs it")

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from greencc.cost.profile import HardwareProfile, MemoryLevel
 from greencc.errors import UsageError
 
 if TYPE_CHECKING:
@@ -142,7 +143,6 @@ def derive_profile(base: HardwareProfile, name: str, description: str, **changes
     ``rows=32, cols=32``, ``energy_pj_per_byte={...}``) and the roofline numbers the cost
     model reads made to agree with it: int8 peak MAC/s, int8 pJ/MAC, the first memory
     level (the on-chip SRAMs together) and the DRAM level's bandwidth and pJ/byte."""
-    from greencc.cost.profile import HardwareProfile, MemoryLevel
 
     array = SystolicArraySpec.from_profile(base)
     static = changes.pop("static_power_w", base.static_power_w)

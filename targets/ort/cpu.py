@@ -26,6 +26,7 @@ from greencc.errors import (
     UnsupportedOpError,
     UsageError,
 )
+from greencc.frontend.onnx_file import load
 from greencc.ir.io import iter_tensor_protos, save_model, weights_nbytes
 from greencc.ir.traversal import node_label
 from greencc.target import (
@@ -293,7 +294,6 @@ class OrtCompiledModel(CompiledModel):
 
     @classmethod
     def _load_artifact(cls, directory: Path, manifest: dict[str, Any]) -> OrtCompiledModel:
-        from greencc.frontend.onnx_file import load
 
         for name in manifest["files"]:
             if not (directory / name).is_file():

@@ -24,9 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from greencc.errors import GreenccError, ModelLoadError, TargetUnavailableError, UsageError
+from greencc.frontend.onnx_file import load
+from greencc.ir.io import save_model
 from greencc.target import Availability, CompiledModel, Target, register_target
 from greencc.targets.tvm import aarch64_emulation as emulation
 from greencc.targets.tvm import env as tvm_env
+from greencc.targets.tvm.build import build_checked, fused_module
 from greencc.targets.tvm.llvm import (
     DATA_FILE,
     LIBRARY_FILE,
@@ -37,6 +40,7 @@ from greencc.targets.tvm.llvm import (
     _positive_int,
     read_artifact_meta,
 )
+from greencc.targets.tvm.onnx_import import prepare_for_tvm, to_relax
 
 if TYPE_CHECKING:
     from greencc.model import Model
@@ -247,7 +251,6 @@ class TvmAarch64CompiledModel(CompiledModel):
             self._runner = None
 
     def _save_artifact(self, directory: Path) -> list[str]:
-        from greencc.ir.io import save_model
 
         shutil.copyfile(self.library.path, directory / LIBRARY_FILE)
         check_aarch64_elf(directory / LIBRARY_FILE)
@@ -259,7 +262,6 @@ class TvmAarch64CompiledModel(CompiledModel):
 
     @classmethod
     def _load_artifact(cls, directory: Path, manifest: dict[str, Any]) -> TvmAarch64CompiledModel:
-        from greencc.frontend.onnx_file import load
 
         meta, spec = read_artifact_meta(directory, manifest)
         if not str(spec.get("mtriple", "")).startswith("aarch64"):
@@ -350,8 +352,6 @@ class TvmAarch64(Target):
             )
         from tvm.target.codegen import llvm_is_valid_cpu
 
-        from greencc.targets.tvm.build import build_checked, fused_module
-        from greencc.targets.tvm.onnx_import import prepare_for_tvm, to_relax
 
         spec = self.target_spec()
         if spec["mcpu"] != "generic" and not llvm_is_valid_cpu(spec["mcpu"], TRIPLE):

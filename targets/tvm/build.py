@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from greencc.errors import GreenccError
+from greencc.targets.tvm import env as tvm_env
+from greencc.targets.tvm.schedules import apply_default_schedules, fast_math_legalizations
+
 
 def fuse_passes(target: Any) -> list[Any]:
     """Relax passes up to fused TIR kernels (the form tuning and scheduling work on)."""
     from tvm import relax
 
-    from greencc.targets.tvm.schedules import fast_math_legalizations
 
     # TVM's CPU legalization (relax.backend.cpu_generic.legalize_passes), with erf/exp/GELU/
     # softmax legalized to vectorizable polynomials instead of scalar libm calls.
@@ -47,7 +50,6 @@ def build_executable(mod: Any, target: Any, database: Any = None) -> Any:
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from greencc.targets.tvm.schedules import apply_default_schedules
 
     @tvm.transform.module_pass(opt_level=0, name="GreenccCpuPipeline")
     def pipeline(module: Any, _ctx: Any) -> Any:
@@ -68,8 +70,6 @@ def build_executable(mod: Any, target: Any, database: Any = None) -> Any:
 def build_checked(mod: Any, target: Any, what: str, database: Any = None) -> Any:
     """:func:`build_executable` with TVM's native output captured; a failure other than
     greencc's own errors becomes a ``GreenccError`` saying TVM failed to build ``what``."""
-    from greencc.errors import GreenccError
-    from greencc.targets.tvm import env as tvm_env
 
     try:
         with tvm_env.native_warnings_captured():

@@ -19,8 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from greencc.errors import GreenccError, ModelLoadError, UsageError
+from greencc.frontend.onnx_file import load
+from greencc.ir.io import save_model
+from greencc.ir.shapes import symbolic_dims
 from greencc.ir.traversal import node_label
 from greencc.target import (
+    UNSUPPORTED,
     Availability,
     CompiledModel,
     Partition,
@@ -30,6 +34,9 @@ from greencc.target import (
     register_target,
 )
 from greencc.targets.tvm import env as tvm_env
+from greencc.targets.tvm.build import build_checked, fused_module
+from greencc.targets.tvm.onnx_import import prepare_for_tvm, to_relax, tvm_supported_ops
+from greencc.targets.tvm.tuning import tune
 
 if TYPE_CHECKING:
     from greencc.model import Model
@@ -111,7 +118,6 @@ class TvmCompiledModel(CompiledModel):
     def _save_artifact(self, directory: Path) -> list[str]:
         import json
 
-        from greencc.ir.io import save_model
 
         if shutil.which("g++") is None and shutil.which("gcc") is None:
             raise UsageError(
@@ -130,7 +136,6 @@ class TvmCompiledModel(CompiledModel):
     def _load_artifact(cls, directory: Path, manifest: dict[str, Any]) -> TvmCompiledModel:
         import tvm
 
-        from greencc.frontend.onnx_file import load
 
         meta, spec = read_artifact_meta(directory, manifest)
         _check_host_can_run(spec, directory)
@@ -241,8 +246,6 @@ class TvmLlvm(Target):
     def capability(self, model: Model) -> list[Partition]:
         """Every node TVM's ONNX importer converts is claimed; others are ``unsupported``
         (a TVM build runs the whole graph, so there is no fallback to ONNX Runtime)."""
-        from greencc.target import UNSUPPORTED
-        from greencc.targets.tvm.onnx_import import tvm_supported_ops
 
         self.require_available()
         supported = tvm_supported_ops()
@@ -263,8 +266,6 @@ class TvmLlvm(Target):
     def lower(self, model: Model, ctx: PassContext | None = None) -> TvmCompiledModel:
         """Compile ``model`` with TVM for this CPU; ``ctx.dims`` binds symbolic dims (1 when
         unbound). Raises ``UnsupportedOpError`` naming a node TVM cannot import."""
-        from greencc.targets.tvm.build import build_checked, fused_module
-        from greencc.targets.tvm.onnx_import import prepare_for_tvm, to_relax
 
         self.require_available()
         started = time.perf_counter()
@@ -278,7 +279,6 @@ class TvmLlvm(Target):
             fused = fused_module(relax_mod, target)
         database, tuning = None, {}
         if self.options["tune_budget_s"] > 0:
-            from greencc.targets.tvm.tuning import tune
 
             progress = _stderr_progress if (ctx is not None and ctx.progress) else None
             database, summary = tune(
@@ -303,7 +303,6 @@ def _stderr_progress(done: int, total: int, message: str) -> None:
 
 def _dims_for(model: Model, ctx: PassContext | None) -> dict[str, int]:
     """Sizes for the model's symbolic dims: the context's, else 1 (as the driver does)."""
-    from greencc.ir.shapes import symbolic_dims
 
     given = dict(ctx.dims) if ctx is not None else {}
     return {name: int(given.get(name, 1)) for name in symbolic_dims(model.ir)}

@@ -25,6 +25,8 @@ from typing import Any
 
 from greencc.cache import cache_dir
 from greencc.errors import TargetUnavailableError
+from greencc.targets.tvm.env import tuning_availability
+from greencc.targets.tvm.schedules import default_schedule_rules
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,6 @@ def tune(
     """
     from tvm.s_tir import meta_schedule as ms
 
-    from greencc.targets.tvm.env import tuning_availability
 
     availability = tuning_availability()
     if not availability:
@@ -246,7 +247,6 @@ def _commit_default_schedule(task: Any, target: Any, database: Any, builder: Any
     """
     from tvm.s_tir import meta_schedule as ms
 
-    from greencc.targets.tvm.schedules import default_schedule_rules
 
     workload_mod = task.dispatched[0]
     func = workload_mod["main"]
