@@ -23,7 +23,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) examples/compile_minilm.py
 
+# The layer contracts (pyproject.toml, [tool.importlinter]) first: a broken layer fails CI.
 test: $(STAMP)
+	$(PY) scripts/lint_layers.py
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # tvm-aarch64 under emulation: installs the cross gcc and qemu-user (apt-get, as root),
@@ -34,6 +36,7 @@ test-aarch64: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check greencc passes targets tests examples benchmarks
+	$(PY) scripts/lint_layers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
