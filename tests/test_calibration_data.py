@@ -255,8 +255,8 @@ def test_verification_uses_the_calibration_samples(float_model):
     instrument = VerifyInstrument()
     ctx = PassContext(calibration=data, verification_samples=2)
     instrument.enter_pipeline(float_model, ctx)
-    assert len(instrument.samples) == 2
-    np.testing.assert_array_equal(instrument.samples[1]["x"], data.batches()[1]["x"])
+    assert len(ctx.reference.samples) == 2
+    np.testing.assert_array_equal(ctx.reference.samples[1]["x"], data.batches()[1]["x"])
 
 
 STATIC = """<ir_version: 10, opset_import: ["" : 17]>

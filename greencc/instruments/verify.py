@@ -1,5 +1,6 @@
-"""The verification instrument: after every modifying pass, run the model on the sample
-inputs and compare with the reference outputs of the original model.
+"""The verification instrument: before the first pass, fill the run's verification
+reference (``ctx.reference``: samples and the input model's outputs, computed once); after
+every modifying pass, run the model on the samples and compare.
 
 Exact passes must match within dtype tolerance (else ``VerificationError`` naming the
 first divergent node); lossy passes get a fidelity score and are rolled back with a
@@ -19,7 +20,6 @@ from greencc.pipeline.instruments import Instrument, PassRecord
 from greencc.verify.bisect import first_divergent_node
 from greencc.verify.feeds import random_feeds
 from greencc.verify.fidelity import exact_violation, measure_fidelity
-from greencc.verify.session import reference_runner
 
 if TYPE_CHECKING:
     from greencc.model import Model
@@ -30,27 +30,19 @@ log = logging.getLogger(__name__)
 
 
 class VerifyInstrument(Instrument):
-    """Verifies numerics after each modifying pass against ONNX Runtime's run of the input.
+    """Verifies numerics after each modifying pass against the reference run of the input.
 
     Samples come from ``ctx.calibration`` (a list of feed dicts) when given, else
     ``ctx.verification_samples`` random feed dicts drawn with ``ctx.seed`` and ``ctx.dims``.
+    Models run on ``ctx.executor`` for reference (one thread, no graph optimization).
     """
 
     def __init__(self, labels: list[np.ndarray] | None = None) -> None:
         self.labels = labels
-        self.samples: list[dict[str, np.ndarray]] = []
-        self.reference: list[list[np.ndarray]] = []
-        self.current: list[list[np.ndarray]] = []
-        self.original: Model | None = None
         self.last_fidelity = None
 
     def enter_pipeline(self, model: Model, ctx: PassContext) -> None:
-        self.original = model.clone()
-        self.samples = self._samples(model, ctx)
-        run = reference_runner(model)
-        self.reference = [run(feeds) for feeds in self.samples]
-        # What exact passes must preserve: the outputs after the last accepted lossy pass.
-        self.current = self.reference
+        ctx.reference.start(model, self._samples(model, ctx))
 
     def _samples(self, model: Model, ctx: PassContext) -> list[dict[str, np.ndarray]]:
         calibration = ctx.calibration
@@ -67,17 +59,17 @@ class VerifyInstrument(Instrument):
         if not ctx.verify or not record.modified:
             record.fidelity = self.last_fidelity
             return
-        run = reference_runner(model)
-        outputs = [run(feeds) for feeds in self.samples]
-        fidelity = measure_fidelity(self.reference, outputs, self.labels)
+        reference = ctx.reference
+        outputs = reference.run(model)
+        fidelity = measure_fidelity(reference.outputs, outputs, self.labels)
         record.fidelity = fidelity
         if not pass_.lossy:
-            violation = exact_violation(self.current, outputs)
+            violation = exact_violation(reference.current, outputs)
             if violation is not None:
                 node = None
-                if self.original is not None:
+                if reference.original is not None:
                     try:
-                        node = first_divergent_node(self.original, model, self.samples[0])
+                        node = first_divergent_node(reference.original, model, reference.samples[0], ctx.executor)
                     except Exception as exc:  # bisection is best effort; the error still stands
                         log.info("bisection failed: %s", exc)
                 error = VerificationError(
@@ -96,5 +88,5 @@ class VerifyInstrument(Instrument):
                 )
                 return
         if pass_.lossy:
-            self.current = outputs
+            reference.accept_lossy(outputs)
         self.last_fidelity = fidelity

@@ -1,5 +1,6 @@
 """``PassContext``: what every pass in a pipeline run can see (target, profile, data,
-budget, seed, instruments, analyses), entered with ``with`` as in TVM.
+budget, seed, instruments, analyses, the executor that runs models and the verification
+reference), entered with ``with`` as in TVM.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from greencc.errors import UsageError
+from greencc.execution import Executor, VerificationReference
 
 if TYPE_CHECKING:
     from greencc.config import CompileConfig
@@ -42,6 +44,10 @@ class PassContext:
     pass on or off; ``reproducer_dir`` is where a failing run writes its reproducer;
     ``config`` is the :class:`~greencc.config.CompileConfig` the run belongs to (what a
     reproducer records).
+
+    ``executor`` runs every model a pass or instrument needs to run (default: one for
+    ``target``, see ``Executor.for_compile``); ``reference`` holds the verification
+    samples and reference outputs of the run, filled by the verification instrument.
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class PassContext:
         instruments: Sequence[Instrument] = (),
         verification_samples: int = 2,
         config: CompileConfig | None = None,
+        executor: Executor | None = None,
     ) -> None:
         from greencc.target import resolve_target
         from greencc.verify.fidelity import FidelityBudget
@@ -76,6 +83,8 @@ class PassContext:
         self.reproducer_dir = Path(reproducer_dir) if reproducer_dir else None
         self.instruments: list[Instrument] = list(instruments)
         self.verification_samples = verification_samples
+        self.executor = executor if executor is not None else Executor.for_compile(self.target)
+        self.reference = VerificationReference(self.executor)
         self.config = config
         self.near_misses: list[NearMiss] = []
         self._analyses: dict[str, Any] = {}

@@ -5,7 +5,8 @@ The passes in ``greencc.passes.quantize`` build on these::
 
     from greencc.data import as_calibration
     from greencc.quant import collect_ranges, quant_params
-    ranges = collect_ranges(model, as_calibration(ctx.calibration, model), names, ("minmax", "entropy"))
+    ranges = collect_ranges(model, as_calibration(ctx.calibration, model), names, ("minmax", "entropy"),
+                            executor=ctx.executor)
     scale, zero_point = quant_params(ranges[name]["entropy"], "int8", symmetric=True)
 """
 

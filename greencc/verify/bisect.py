@@ -10,22 +10,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import onnx_ir as ir
 
 from greencc.ir.shapes import infer_shapes
 from greencc.ir.traversal import node_label
 from greencc.model import Model
 from greencc.verify.fidelity import exact_violation
-from greencc.verify.session import reference_runner
+from greencc.verify.session import RunsModels
 
 
 def first_divergent_node(
-    original: Model, rewritten: Model, feeds: Mapping[str, np.ndarray]
+    original: Model, rewritten: Model, feeds: Mapping[str, np.ndarray], executor: RunsModels
 ) -> str | None:
     """Label of the first node of ``rewritten`` whose output differs from ``original``'s
-    value of the same name beyond exact tolerance, or ``None`` if none is found."""
-    reference_values = _all_values(original.ir, feeds)
-    candidate_values = _all_values(rewritten.ir, feeds)
+    value of the same name beyond exact tolerance, or ``None`` if none is found. Both
+    models run on ``executor`` for reference (every typed intermediate exposed)."""
+    reference_values = _all_values(original, feeds, executor)
+    candidate_values = _all_values(rewritten, feeds, executor)
     for node in rewritten.graph:
         for value in node.outputs:
             ref = reference_values.get(value.name)
@@ -37,16 +37,8 @@ def first_divergent_node(
     return None
 
 
-def _all_values(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    clone = model.clone()
-    infer_shapes(clone)
-    existing = {v.name for v in clone.graph.outputs}
-    for node in clone.graph:
-        for value in node.outputs:
-            if value.name and value.name not in existing and value.dtype is not None:
-                if value.type is None:
-                    value.type = ir.TensorType(value.dtype)
-                clone.graph.outputs.append(value)
-                existing.add(value.name)
-    names = [value.name for value in clone.graph.outputs]
-    return dict(zip(names, reference_runner(Model(clone))(feeds), strict=True))
+def _all_values(model: Model, feeds: Mapping[str, np.ndarray], executor: RunsModels) -> dict[str, np.ndarray]:
+    """Every node output whose dtype shape inference knows, by name."""
+    typed = Model(infer_shapes(model.ir.clone()), model.provenance)
+    names = [value.name for node in typed.graph for value in node.outputs if value.name and value.dtype is not None]
+    return executor.runner(typed, outputs=names, purpose="reference")(feeds)

@@ -1,27 +1,48 @@
-"""Reference runs: a model on the ``ort-cpu`` target with graph optimizations off and one
-thread, so the reference computes exactly what the graph says.
+"""What verification and calibration need from whatever runs models: a ``Runner`` for one
+model version and an executor (``RunsModels``) that makes them. They are protocols so that
+these lower layers never import the execution layer that implements them
+(``greencc.execution.Executor``, the one ``PassContext.executor`` holds).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol
 
 import numpy as np
 
 from greencc.model import Model
 
-Runner = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]
+# Why a model is run, which fixes the session options (greencc.execution.PURPOSE_OPTIONS):
+# "reference" computes exactly what the graph says (verification, bisection, calibration);
+# "scoring" is a pruning scorer's fast path; "deployment" runs as the compiled model will.
+Purpose = Literal["reference", "scoring", "deployment"]
 
 
-def reference_runner(model: Model) -> Runner:
-    """A function running ``model`` on feeds and returning its outputs in graph order."""
-    from greencc.target import resolve_target
+class Runner(Protocol):
+    """Runs one model version: ``runner(feeds)`` returns ``{name: array}`` for ``outputs``."""
 
-    compiled = resolve_target("ort-cpu", threads=1, optimization="disabled").lower(model)
-    names = [spec.name for spec in model.outputs]
+    outputs: tuple[str, ...]
 
-    def run(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        outputs = compiled(feeds)
-        return [outputs[name] for name in names]
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The values of ``outputs`` on ``feeds``."""
+        ...
 
-    return run
+    def values(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The values of ``outputs`` on ``feeds``, in the order of ``outputs``."""
+        ...
+
+
+class RunsModels(Protocol):
+    """Makes runners: ``runner(model, outputs=..., purpose=..., threads=...)``."""
+
+    def runner(
+        self,
+        model: Model,
+        *,
+        outputs: Sequence[str] | None = None,
+        purpose: Purpose = "reference",
+        threads: int | None = None,
+    ) -> Runner:
+        """A runner of ``model`` returning ``outputs`` (value names; default: the graph's)."""
+        ...

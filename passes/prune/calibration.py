@@ -43,14 +43,13 @@ def budget_reference(
 ) -> tuple[list[dict[str, np.ndarray]], list[list[np.ndarray]]]:
     """The samples and reference outputs a budget is checked against.
 
-    Inside a verified pipeline these are the verification instrument's: the outputs of the
-    pipeline's *input* model, so that a budgeted pass after other lossy passes keeps the
-    whole pipeline within the budget and is never rolled back for exceeding it. Otherwise
-    the scoring samples and the current model's outputs (``run_original``).
+    Inside a verified pipeline these are the run's verification reference
+    (``ctx.reference``): the outputs of the pipeline's *input* model, so that a budgeted
+    pass after other lossy passes keeps the whole pipeline within the budget and is never
+    rolled back for exceeding it. Otherwise the scoring samples and the current model's
+    outputs (``run_original``).
     """
-    from greencc.instruments.verify import VerifyInstrument
-
-    for instrument in ctx.instruments:
-        if isinstance(instrument, VerifyInstrument) and instrument.samples and ctx.verify:
-            return list(instrument.samples), [list(r) for r in instrument.reference]
+    reference = ctx.reference
+    if ctx.verify and reference.ready:
+        return list(reference.samples), [list(r) for r in reference.outputs]
     return samples, [run_original(feeds) for feeds in samples]

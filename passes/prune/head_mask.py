@@ -2,7 +2,8 @@
 (float32 ``[num_heads]``), multiplying each head's slice of the merged context before the
 output projection. All ones computes the original; a zero removes that head's
 contribution exactly as structural pruning does. One ONNX Runtime session then serves
-every ablation and finite difference the importance scores need.
+every ablation and finite difference the importance scores need (run by the executor
+for scoring).
 
     context[.., h·d] -> Mul(context, MatMul(mask[h], E[h, h·d]))   (E spreads a head's mask
                                                                    over its d columns)
@@ -15,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from greencc.execution import Executor
 from greencc.model import Model
 from greencc.passes.lib.graph_edits import NameScope, new_initializer
 
@@ -24,13 +26,14 @@ MASK_INPUT = "greencc.head_mask.{}"
 
 
 class HeadMaskedModel:
-    """A masked copy of a model and an ONNX Runtime session over it.
+    """A masked copy of a model and one session over it, from ``executor`` (a pass gives
+    ``ctx.executor``; by default a fresh ``Executor``) for scoring.
 
     ``run(feeds, masks)`` returns the outputs for per-block masks (a list of float arrays,
     one per block, ``None`` meaning all ones). The input model is not modified.
     """
 
-    def __init__(self, model: Model, *, threads: int | None = None) -> None:
+    def __init__(self, model: Model, executor: Executor | None = None) -> None:
         self.model = model.clone()
         self.found: HeadBlocks = find_head_blocks(self.model)
         self.heads = [block.num_heads for block in self.found.blocks]
@@ -39,11 +42,7 @@ class HeadMaskedModel:
         for block in self.found.blocks:
             _insert_mask(graph, block.context, block.o_node, block.num_heads, block.head_size,
                          MASK_INPUT.format(block.index), names)
-        from greencc.target import resolve_target
-
-        target = resolve_target("ort-cpu", threads=threads, optimization="basic")
-        self._compiled = target.lower(self.model)
-        self._outputs = [spec.name for spec in model.outputs]
+        self._runner = (executor or Executor()).runner(self.model, purpose="scoring")
 
     def ones(self) -> list[np.ndarray]:
         """The all-ones mask of every block (the original model)."""
@@ -58,8 +57,7 @@ class HeadMaskedModel:
             full[MASK_INPUT.format(i)] = (
                 np.ones(heads, dtype=np.float32) if mask is None else np.asarray(mask, dtype=np.float32)
             )
-        outputs = self._compiled(full)
-        return [outputs[name] for name in self._outputs]
+        return self._runner.values(full)
 
 
 def _insert_mask(graph: ir.Graph, context: ir.Value, o_node: ir.Node, heads: int, head_size: int,

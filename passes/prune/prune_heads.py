@@ -101,7 +101,7 @@ class PruneHeads(Pass):
             if count == 0:
                 return PassResult(model, False, stats)
         self.importance = None
-        masked = HeadMaskedModel(model)
+        masked = HeadMaskedModel(model, ctx.executor)
         samples, source = scoring_samples(model, ctx, self.samples)
         ones = masked.ones()
 

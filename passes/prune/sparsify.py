@@ -140,32 +140,22 @@ class Sparsify(Pass):
 
 def _input_norms(model: Model, ctx: PassContext, nodes: Sequence[ir.Node], limit: int) -> dict[ir.Node, np.ndarray]:
     """‖X_i‖ per reduction row of every node's weight over the calibration samples."""
-    from greencc.target import resolve_target
-
-    copy = model.clone()
-    position = {id(n): i for i, n in enumerate(model.graph)}
-    copy_nodes = list(copy.graph)  # a clone keeps the node order
-    wanted = [copy_nodes[position[id(n)]] for n in nodes]
-    for node in wanted:
-        if not node.inputs[0].is_graph_output():
-            copy.graph.outputs.append(node.inputs[0])
-    compiled = resolve_target("ort-cpu", optimization="basic").lower(copy)
+    runner = ctx.executor.runner(model, outputs=[node.inputs[0].name for node in nodes], purpose="scoring")
     samples, _ = scoring_samples(model, ctx, limit)
     squares: dict[int, np.ndarray] = {}
     for feeds in samples:
-        outputs = compiled(feeds)
-        for i, node in enumerate(wanted):
+        outputs = runner(feeds)
+        for i, node in enumerate(nodes):
             x = np.asarray(outputs[node.inputs[0].name], np.float64)
-            per_row = _row_squares(node, x, nodes[i])
-            squares[i] = squares.get(i, 0) + per_row
+            squares[i] = squares.get(i, 0) + _row_squares(node, x)
     return {node: np.sqrt(squares[i]) for i, node in enumerate(nodes)}
 
 
-def _row_squares(node: ir.Node, x: np.ndarray, original: ir.Node) -> np.ndarray:
+def _row_squares(node: ir.Node, x: np.ndarray) -> np.ndarray:
     """Σ x² per reduction row: features (last axis) for MatMul/Gemm; for Conv, per input
     channel repeated over the kernel positions (Wanda on im2col, per channel)."""
     if node.op_type == "Conv":
-        weight = np.asarray(constant_array(original.inputs[1]))
+        weight = np.asarray(constant_array(node.inputs[1]))
         per_channel = (np.moveaxis(x, 1, -1).reshape(-1, x.shape[1]) ** 2).sum(axis=0)
         return np.repeat(per_channel, int(np.prod(weight.shape[2:])))
     return (x.reshape(-1, x.shape[-1]) ** 2).sum(axis=0)

@@ -26,6 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from greencc.errors import UsageError
+from greencc.execution import Executor
 from greencc.ir import get_meta, set_meta
 from greencc.model import Model
 from greencc.passes.lib.graph_edits import NameScope, constant_array, new_initializer
@@ -58,10 +59,11 @@ class UnitStats:
 
 
 class UnitMaskedModel:
-    """A copy computing ``consumer(a·mask + fill)`` per group, with the activations as
-    extra outputs; one ONNX Runtime session for statistics and budget searches."""
+    """A copy computing ``consumer(a·mask + fill)`` per group, run with the activations as
+    extra outputs; one session, from ``executor`` (a pass gives ``ctx.executor``; by
+    default a fresh ``Executor``) for scoring, serves statistics and budget searches."""
 
-    def __init__(self, model: Model, kind: str) -> None:
+    def __init__(self, model: Model, kind: str, executor: Executor | None = None) -> None:
         self.model = model.clone()
         self.groups, _ = find_unit_groups(self.model.ir, kind)
         self.outputs = len(model.outputs)
@@ -82,11 +84,9 @@ class UnitMaskedModel:
             add.outputs[0].name = names.fresh(f"unit_filled_{i}")
             graph.insert_before(group.consumer, [mul, add])
             group.consumer.replace_input_with(list(group.consumer.inputs).index(group.activation), add.outputs[0])
-            graph.outputs.append(group.activation)
-        from greencc.target import resolve_target
-
-        self._compiled = resolve_target("ort-cpu", optimization="basic").lower(self.model)
-        self._names = [v.name for v in graph.outputs]
+        names = [v.name for v in graph.outputs] + [group.activation.name for group in self.groups]
+        self._runner = (executor or Executor()).runner(self.model, outputs=names, purpose="scoring")
+        self._names = names
 
     def run(self, feeds: Mapping[str, np.ndarray], masks: Sequence[np.ndarray] | None = None,
             fills: Sequence[np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -97,7 +97,7 @@ class UnitMaskedModel:
             fill = fills[i] if fills is not None else np.zeros(group.width)
             full[f"greencc.unit_mask.{i}"] = np.asarray(mask, np.float32).reshape(self.shapes[i])
             full[f"greencc.unit_fill.{i}"] = np.asarray(fill, np.float32).reshape(self.shapes[i])
-        result = self._compiled(full)
+        result = self._runner(full)
         values = [result[name] for name in self._names]
         return values[: self.outputs], values[self.outputs :]
 
@@ -277,7 +277,7 @@ class UnitPruning(Pass):
         result_stats: dict[str, int | float] = {"units_before": total}
         if not min_cosine and not self._left_to_prune(groups, originals):
             return PassResult(model, False, result_stats)  # pruned to this ratio already
-        masked = UnitMaskedModel(model, self.kind)
+        masked = UnitMaskedModel(model, self.kind, ctx.executor)
         samples, _ = scoring_samples(model, ctx, self.samples)
         reconstruct = self.reconstruct and self.correct
         stats = unit_stats(masked, samples, second_moments=reconstruct)
@@ -303,13 +303,11 @@ class UnitPruning(Pass):
 
             def fidelity(count: int) -> tuple[float, float]:
                 if reconstruct:  # the update is not a mask: run the pruned model itself
-                    from greencc.target import resolve_target
-
                     masks = masks_of(count)
                     pruned = model.clone()
                     self.prune_to(pruned, masks, fills, originals, updates(masks))
-                    compiled = resolve_target("ort-cpu", optimization="basic").lower(pruned)
-                    got = [[compiled(feeds)[v.name] for v in pruned.outputs] for feeds in checked]
+                    runner = ctx.executor.runner(pruned, purpose="scoring")
+                    got = [runner.values(feeds) for feeds in checked]
                 else:
                     got = [outputs(count, feeds) for feeds in checked]
                 found = measure_fidelity(reference, got)

@@ -161,7 +161,8 @@ class QuantPlan:
         candidates = [s for s in sites if s.kind in ("MatMul", "Gemm")]
         if not candidates:
             return
-        stats = collect_abs_max(self.original, self.samples(), sorted({s.activation.name for s in candidates}), axis=-1)
+        stats = collect_abs_max(self.original, self.samples(), sorted({s.activation.name for s in candidates}), axis=-1,
+                                executor=self.ctx.executor)
         for site in candidates:
             a = np.asarray(stats[site.activation.name], np.float64)
             median = float(np.median(a))
@@ -184,7 +185,7 @@ class QuantPlan:
             )
         data = as_calibration(self.ctx.calibration, self.original)
         names = sorted({s.activation.name for s in sites} | {o.name for s in sites if (o := _conv_output(s))})
-        ranges = collect_ranges(self.original, data, names, (self.options.method,))
+        ranges = collect_ranges(self.original, data, names, (self.options.method,), executor=self.ctx.executor)
         for site in sites:
             r = ranges[site.activation.name][self.options.method]
             self.activation_params[site.activation.name] = quant_params(r, "uint8", symmetric=False)
@@ -247,11 +248,12 @@ class QuantPlan:
 
     def score(self, keep_float: frozenset[str], unsplit: frozenset[str] | None = None) -> Fidelity:
         """Fidelity of the model quantized except ``keep_float`` against the float model,
-        on :meth:`samples`, run as the target runs it (ONNX Runtime, all optimizations).
+        on :meth:`samples`, run on ``ctx.executor`` as the compiled model will run
+        (purpose ``"deployment"``: all optimizations, the compile's threads).
 
         Padding-aware: outputs at positions an ``attention_mask`` input marks as padding
         are left out (see :func:`_valid_positions`). After earlier lossy passes of a
-        verified pipeline (pruning), the comparison is the verification instrument's
+        verified pipeline (pruning), the comparison is the run's verification reference
         instead — its samples, against the pipeline's *input* model — so the fallback
         keeps the whole pipeline within the budget rather than being rolled back by it."""
         earlier = _earlier_lossy_reference(self.ctx)
@@ -370,28 +372,16 @@ def _valid_positions(outputs: list[list[np.ndarray]], samples: Sequence[dict[str
 
 
 def _earlier_lossy_reference(ctx: PassContext) -> tuple[list[dict[str, np.ndarray]], list[list[np.ndarray]]] | None:
-    """The verification instrument's samples and the pipeline input's outputs on them, when
-    this pass runs in a verified, budgeted pipeline after a lossy pass changed the model."""
-    from greencc.instruments.verify import VerifyInstrument
-
-    if not ctx.verify or ctx.budget is None:
+    """The run's verification samples and the pipeline input's outputs on them
+    (``ctx.reference``), when this pass runs in a verified, budgeted pipeline after a lossy
+    pass changed the model."""
+    reference = ctx.reference
+    if not ctx.verify or ctx.budget is None or not reference.ready or not reference.after_lossy:
         return None
-    for instrument in ctx.instruments:
-        if isinstance(instrument, VerifyInstrument) and instrument.samples and instrument.current is not instrument.reference:
-            return list(instrument.samples), [list(r) for r in instrument.reference]
-    return None
+    return list(reference.samples), [list(r) for r in reference.outputs]
 
 
 def _run(model: Model, samples: Sequence[dict[str, np.ndarray]], ctx: PassContext) -> list[list[np.ndarray]]:
-    from greencc.target import resolve_target
-
-    threads = 1
-    if ctx.target is not None and ctx.target.name == "ort-cpu":
-        threads = int(ctx.target.options.get("threads") or 1)
-    compiled = resolve_target("ort-cpu", threads=threads).lower(model)
-    names = [spec.name for spec in model.outputs]
-    results = []
-    for feeds in samples:
-        outputs = compiled(feeds)
-        results.append([outputs[name] for name in names])
-    return results
+    """``model``'s outputs on every sample, run as the compiled model will run."""
+    runner = ctx.executor.runner(model, purpose="deployment")
+    return [runner.values(feeds) for feeds in samples]

@@ -9,6 +9,7 @@ import pytest
 
 from greencc.data import CalibrationData
 from greencc.errors import UsageError
+from greencc.execution import Executor
 from greencc.ir import to_self_contained_proto
 from greencc.quant import (
     EntropyObserver,
@@ -23,6 +24,9 @@ from tests import helpers, models
 # LayerNorm output (a MatMul input), the masked attention scores (additive float mask:
 # huge negative fillers), the softmax, a GELU output and a MatMul output.
 TENSORS = ["layer_norm", "val_139", "val_140", "gelu", "val_159"]
+
+
+EXECUTOR = Executor()
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +65,7 @@ def test_the_test_tensors_are_what_they_claim(bert, values):
 
 def test_minmax_equals_numpy_on_intermediates(bert, calibration, values):
     before = len(bert.graph.outputs)
-    ranges = collect_ranges(bert, calibration, TENSORS, ("minmax",))
+    ranges = collect_ranges(bert, calibration, TENSORS, ("minmax",), executor=EXECUTOR)
     assert len(bert.graph.outputs) == before  # the model is not modified
     for name in TENSORS:
         everything = np.concatenate([v.reshape(-1) for v in values[name]])
@@ -76,7 +80,7 @@ def test_minmax_equals_numpy_on_intermediates(bert, calibration, values):
 def test_every_observer_is_fed_the_same_run(bert, calibration, values):
     methods = {"minmax": {}, "p99": {"method": "percentile", "percentile": 99.0},
                "entropy": {}, "mse": {"symmetric": True}}
-    ranges = collect_ranges(bert, calibration, ["gelu", "val_139"], methods)
+    ranges = collect_ranges(bert, calibration, ["gelu", "val_139"], methods, executor=EXECUTOR)
     for name in ("gelu", "val_139"):
         assert set(ranges[name]) == set(methods)
         everything = np.concatenate([v.reshape(-1) for v in values[name]])
@@ -96,14 +100,14 @@ def test_every_observer_is_fed_the_same_run(bert, calibration, values):
 
 def test_inputs_and_initializers_can_be_observed(bert, calibration):
     weight = "encoder.embeddings.LayerNorm.weight"
-    ranges = collect_ranges(bert, calibration, ["attention_mask", weight])
+    ranges = collect_ranges(bert, calibration, ["attention_mask", weight], executor=EXECUTOR)
     assert (float(ranges["attention_mask"]["minmax"].lo), float(ranges["attention_mask"]["minmax"].hi)) == (0, 1)
     constant = bert.graph.initializers[weight].const_value.numpy()
     assert float(ranges[weight]["minmax"].hi) == float(constant.max())
 
 
 def test_collect_abs_max_per_channel(bert, calibration, values):
-    maxima = collect_abs_max(bert, calibration, ["layer_norm", "gelu"])
+    maxima = collect_abs_max(bert, calibration, ["layer_norm", "gelu"], executor=EXECUTOR)
     for name in ("layer_norm", "gelu"):
         expected = np.max([np.abs(v).reshape(-1, v.shape[-1]).max(axis=0) for v in values[name]], axis=0)
         assert maxima[name].shape == (32 if name == "layer_norm" else 64,)
@@ -111,7 +115,7 @@ def test_collect_abs_max_per_channel(bert, calibration, values):
 
 
 def test_iter_intermediates_yields_each_batch(bert, calibration, values):
-    batches = list(iter_intermediates(bert, calibration, ["gelu"], threads=2))
+    batches = list(iter_intermediates(bert, calibration, ["gelu"], executor=EXECUTOR, threads=2))
     assert len(batches) == calibration.num_batches
     for got, expected in zip(batches, values["gelu"], strict=True):
         np.testing.assert_array_equal(got["gelu"], expected)
@@ -121,20 +125,20 @@ def test_per_channel_activation_observer(bert, calibration, values):
     from greencc.quant import run_observers
 
     observer = MinMaxObserver(axis=-1)
-    run_observers(bert, calibration, {"val_159": [observer]})
+    run_observers(bert, calibration, {"val_159": [observer]}, executor=EXECUTOR)
     expected = np.max([v.reshape(-1, v.shape[-1]).max(axis=0) for v in values["val_159"]], axis=0)
     np.testing.assert_array_equal(observer.range().hi, expected)
 
 
 def test_bad_requests_fail_before_running(bert, calibration):
     with pytest.raises(UsageError, match="tensor 'gelu_9' is not") as info:
-        collect_ranges(bert, calibration, ["gelu_9"])
+        collect_ranges(bert, calibration, ["gelu_9"], executor=EXECUTOR)
     assert "gelu" in info.value.hint  # did you mean
     with pytest.raises(UsageError, match="unknown calibration method 'kl'"):
-        collect_ranges(bert, calibration, ["gelu"], ("minmax", "kl"))
+        collect_ranges(bert, calibration, ["gelu"], ("minmax", "kl"), executor=EXECUTOR)
     with pytest.raises(UsageError, match="unknown input name"):
-        collect_ranges(bert, [{"ids": np.zeros((1, 4), np.int64)}], ["gelu"])
+        collect_ranges(bert, [{"ids": np.zeros((1, 4), np.int64)}], ["gelu"], executor=EXECUTOR)
     with pytest.raises(UsageError, match="empty"):
-        collect_ranges(bert, CalibrationData(), ["gelu"])
+        collect_ranges(bert, CalibrationData(), ["gelu"], executor=EXECUTOR)
     with pytest.raises(UsageError, match="no calibration methods"):
-        collect_ranges(bert, calibration, ["gelu"], ())
+        collect_ranges(bert, calibration, ["gelu"], (), executor=EXECUTOR)

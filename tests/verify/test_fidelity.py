@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from greencc.errors import UsageError
+from greencc.execution import Executor
 from greencc.verify.bisect import first_divergent_node
 from greencc.verify.feeds import random_feeds
 from greencc.verify.fidelity import FidelityBudget, exact_violation, measure_fidelity
@@ -77,5 +78,6 @@ g (float[4] x) => (float[4] y) { a = Abs(x)
     original = model_from_text(text)
     broken = model_from_text(text.replace("b = Neg(a)", "b = Identity(a)"))
     feeds = {"x": np.array([1.0, -2.0, 3.0, -4.0], np.float32)}
-    assert "Identity" in first_divergent_node(original, broken, feeds)
-    assert first_divergent_node(original, model_from_text(text), feeds) is None
+    executor = Executor()
+    assert "Identity" in first_divergent_node(original, broken, feeds, executor)
+    assert first_divergent_node(original, model_from_text(text), feeds, executor) is None
