@@ -19,6 +19,7 @@ import onnx
 from greencc.config import CompileConfig, file_sha256
 from greencc.data import CalibrationData, as_calibration
 from greencc.errors import GreenccError, TargetUnavailableError, UnsupportedOpError, UsageError
+from greencc.execution import Executor
 from greencc.frontend.onnx_file import load
 from greencc.instruments.ledger import LedgerInstrument, MeasureModel, new_report
 from greencc.instruments.verify import VerifyInstrument
@@ -110,6 +111,7 @@ def _optimize(
         verify=verify,
         reproducer_dir=reproducer_dir,
         config=config,
+        executor=Executor.for_compile(target),  # one per compile: every model the run executes
     )
     manager = PassManager(pipeline)
     report = new_report(model, ctx, str(manager.pipeline))
