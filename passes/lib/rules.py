@@ -138,6 +138,8 @@ def match_pattern(pattern: Op, root: ir.Node) -> Match | None:
 
 
 def _match_node(pattern: Op, node: ir.Node, match: Match) -> Match | None:
+    # Bindings are added in place; only a commuted op, where a failed order must leave
+    # nothing behind, works on copies.
     if node.op_type not in pattern.op_types:
         return None
     if pattern.domain == ONNX_DOMAIN and not is_onnx_op(node):
@@ -148,14 +150,14 @@ def _match_node(pattern: Op, node: ir.Node, match: Match) -> Match | None:
         return None
     if pattern.where is not None and not pattern.where(node):
         return None
-    match = match._copy()
     match.nodes.append(node)
     if pattern.name is not None:
         match.named_nodes[pattern.name] = node
         match.values[pattern.name] = node.outputs[0]
-    orders = [pattern.inputs, pattern.inputs[::-1]] if pattern.commute else [pattern.inputs]
-    for order in orders:
-        found = _match_inputs(order, node, match)
+    if not pattern.commute:
+        return _match_inputs(pattern.inputs, node, match)
+    for order in (pattern.inputs, pattern.inputs[::-1]):
+        found = _match_inputs(order, node, match._copy())
         if found is not None:
             return found
     return None
@@ -173,7 +175,6 @@ def _match_inputs(patterns: Sequence[Pattern], node: ir.Node, match: Match | Non
 def _match_value(pattern: Pattern, value: ir.Value | None, match: Match) -> Match | None:
     if isinstance(pattern, Optional):
         if value is None:
-            match = match._copy()
             for name in _names(pattern.inner):
                 match.values.setdefault(name, None)
             return match
@@ -188,7 +189,6 @@ def _match_value(pattern: Pattern, value: ir.Value | None, match: Match) -> Matc
             return None
         if pattern.where is not None and not pattern.where(value):
             return None
-        match = match._copy()
         match.values[pattern.name] = value
         return match
     assert isinstance(pattern, Op)
