@@ -5,6 +5,8 @@ the activation bytes the rewrite stopped writing and reading.
 A fusion pass subclasses :class:`FusionPass` and implements ``match`` (pattern and check,
 returning a site or ``None``) and ``rewrite``; :class:`FusionRun` carries what one run over
 a model needs: fresh names, shapes on demand, the target's fused ops and the counters.
+Fusions whose pattern is a fixed tree of ops are written as rules instead
+(:class:`greencc.passes.lib.rules.Rule`, which implements ``match`` from a declared pattern).
 """
 
 from __future__ import annotations
