@@ -20,7 +20,13 @@ from greencc.execution import Executor, model_version
 from greencc.instruments.verify import VerifyInstrument
 from greencc.pipeline.context import PassContext
 from greencc.pipeline.manager import PassManager
-from greencc.target import CompiledModel, Target, register_target, registered_targets, resolve_target
+from greencc.target import (
+    CompiledModel,
+    Target,
+    register_target,
+    registered_targets,
+    resolve_target,
+)
 from greencc.targets.ort.cpu import OrtCpu
 from tests import helpers, models
 
@@ -286,14 +292,8 @@ def test_the_reference_runs_once_per_compile(monkeypatch):
     def recording(self, lowered, ctx=None):
         compiled = lower(self, lowered, ctx)
         if ir.to_proto(lowered.ir).SerializeToString() == original:
-            run = compiled._run
             reference_runs.append(0)
-
-            def counted(arrays, index=len(reference_runs) - 1):
-                reference_runs[index] += 1
-                return run(arrays)
-
-            compiled._run = counted
+            compiled._run = _counting(compiled._run, reference_runs, len(reference_runs) - 1)
         return compiled
 
     monkeypatch.setattr(OrtCpu, "lower", recording)
@@ -303,3 +303,11 @@ def test_the_reference_runs_once_per_compile(monkeypatch):
     prune, int8 = compiled.report.rows[1:]
     assert prune.modified and "sensitivity.min_cosine_all_int8" in int8.stats  # both read the reference
     assert reference_runs == [2]  # one session of the input model, run once per verification sample
+
+
+def _counting(run: Any, counts: list[int], index: int) -> Any:
+    def counted(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        counts[index] += 1
+        return run(arrays)
+
+    return counted
