@@ -1,5 +1,5 @@
 """Label-free head importance: how much each attention head matters to the model's output
-on unlabelled calibration data, computed through ONNX Runtime on a head-masked copy.
+on unlabelled calibration data, computed on a head-masked copy run by the executor.
 
 Scores (higher = more important), per head ``h`` with mask ``ξ`` (``ξ = 1`` is the model):
 
