@@ -25,7 +25,8 @@ class LayerSensitivity:
     its quantization steps cost more than its int8 product saves), ``cosine_without``
     (min cosine with all other layers quantized and this one in float), ``loss`` (how much
     min cosine this layer's quantization costs: ``cosine_without`` minus the all-int8
-    figure), ``decision`` ("int8" or "float") and ``why``."""
+    figure; in the units of the ranking metric), ``decision`` (the quantized form, "int8"
+    by default, or "float") and ``why``."""
 
     name: str
     kind: str
@@ -85,6 +86,7 @@ def choose_float_layers(
     budget: FidelityBudget,
     *,
     max_float: int | None = None,
+    metric: Callable[[Fidelity], float] | None = None,
 ) -> SensitivityReport:
     """Rank ``layers`` and keep the worst offenders in float until ``budget`` holds.
 
@@ -92,22 +94,26 @@ def choose_float_layers(
     others int8) and returns its fidelity against the reference. Each layer's ``loss`` is
     measured leave-one-out; layers whose quantization costs energy
     (``energy_saved_mj <= 0``) go back to float first, then the lowest mJ per cosine.
-    ``max_float`` caps how many layers may return to float (default: all). ``layers`` are
-    updated in place and returned ranked best first.
+    ``max_float`` caps how many layers may return to float (default: all). ``metric``
+    (higher is better; default the min cosine) measures the loss, e.g.
+    ``budget.primary_metric()`` ranks by perplexity under a ``ppl=`` budget; ``loss`` is
+    then in the metric's units. ``layers`` are updated in place and returned ranked best
+    first.
     """
+    metric = metric or (lambda fidelity: fidelity.cosine_min)
     layers = list(layers)
     all_int8 = score(frozenset())
     for layer in layers:
         without = score(frozenset({layer.name}))
         layer.cosine_without = without.cosine_min
-        layer.loss = max(0.0, without.cosine_min - all_int8.cosine_min)
+        layer.loss = max(0.0, metric(without) - metric(all_int8))
     # Best value first: energy-positive layers by mJ per cosine descending.
     layers.sort(key=lambda layer: (layer.energy_saved_mj > 0, layer.mj_per_cosine), reverse=True)
     kept: list[str] = []
     final = all_int8
     for layer in layers:
         if layer.energy_saved_mj <= 0:
-            layer.decision, layer.why = "float", "int8 costs more energy than it saves"
+            layer.decision, layer.why = "float", f"{layer.decision} costs more energy than it saves"
             kept.append(layer.name)
     if kept:
         final = score(frozenset(kept))

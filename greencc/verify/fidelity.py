@@ -1,16 +1,18 @@
 """Fidelity metrics of a rewritten model against the reference: cosine similarity, max
-absolute and relative error, task accuracy with labels; the budget lossy passes must keep;
-and the tolerance exact passes must meet (by dtype).
+absolute and relative error, task accuracy with labels, and for language models perplexity
+on the samples' next tokens and greedy (argmax) agreement with the reference; the budget
+lossy passes must keep; and the tolerance exact passes must meet (by dtype).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from greencc.errors import UsageError
+from greencc.model import Model
 
 # Exact passes may only reorder float arithmetic: |got - ref| <= atol + rtol * max|ref|.
 EXACT_TOLERANCE: dict[str, tuple[float, float]] = {
@@ -27,7 +29,11 @@ class Fidelity:
 
     ``cosine_mean``/``cosine_min``: cosine similarity of each sample's flattened float
     outputs; ``max_abs_error``; ``max_rel_error`` (relative to the largest |reference|);
-    ``accuracy``/``reference_accuracy`` when labels are given (fraction 0..1).
+    ``accuracy``/``reference_accuracy`` when labels are given (fraction 0..1). For a
+    language model (see :class:`TokenTargets`): ``perplexity`` / ``reference_perplexity``
+    (exp of the mean negative log-likelihood of the next tokens, per token of the model's
+    vocabulary) and ``agreement`` (fraction 0..1 of unpadded positions where the argmax of
+    the logits equals the reference's).
     """
 
     cosine_mean: float
@@ -37,6 +43,16 @@ class Fidelity:
     samples: int
     accuracy: float | None = None
     reference_accuracy: float | None = None
+    perplexity: float | None = None
+    reference_perplexity: float | None = None
+    agreement: float | None = None
+
+    @property
+    def perplexity_ratio(self) -> float | None:
+        """``perplexity / reference_perplexity`` (1.02 = 2% worse), ``None`` when not measured."""
+        if self.perplexity is None or not self.reference_perplexity:
+            return None
+        return self.perplexity / self.reference_perplexity
 
     def to_dict(self) -> dict:
         """JSON-safe dict."""
@@ -46,22 +62,29 @@ class Fidelity:
 @dataclass(frozen=True)
 class FidelityBudget:
     """What a lossy pipeline may lose: ``cos=0.99`` (min cosine), ``abs=1e-3`` (max abs
-    error), ``acc=0.01`` (max accuracy drop, absolute fraction)."""
+    error), ``acc=0.01`` (max accuracy drop, absolute fraction), and for language models
+    ``ppl=1.02`` (max perplexity ratio to the reference: +2%) and ``agree=0.95`` (min
+    greedy agreement, fraction). Language-model terms are not checked on other models."""
 
     min_cosine: float | None = None
     max_abs_error: float | None = None
     max_accuracy_drop: float | None = None
+    max_perplexity_ratio: float | None = None
+    min_agreement: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> FidelityBudget:
-        """Parse ``"cos=0.99,abs=1e-3,acc=0.01"`` (any subset); ``UsageError`` if bad."""
-        fields = {"cos": "min_cosine", "abs": "max_abs_error", "acc": "max_accuracy_drop"}
+        """Parse ``"cos=0.99,abs=1e-3,acc=0.01,ppl=1.02,agree=0.95"`` (any subset);
+        ``UsageError`` if bad."""
+        fields = {"cos": "min_cosine", "abs": "max_abs_error", "acc": "max_accuracy_drop",
+                  "ppl": "max_perplexity_ratio", "agree": "min_agreement"}
         values: dict[str, float] = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
             key, _, raw = part.partition("=")
             if key.strip() not in fields or not raw:
                 raise UsageError(
-                    f"bad fidelity budget '{text}'", hint="write it as cos=0.99,abs=1e-3,acc=0.01"
+                    f"bad fidelity budget '{text}'",
+                    hint="write it as cos=0.99,abs=1e-3,acc=0.01 (language models: ppl=1.02,agree=0.95)",
                 )
             try:
                 values[fields[key.strip()]] = float(raw)
@@ -85,7 +108,23 @@ class FidelityBudget:
                 f"accuracy {fidelity.accuracy:.4f} dropped more than {self.max_accuracy_drop} "
                 f"from {fidelity.reference_accuracy:.4f}"
             )
+        ratio = fidelity.perplexity_ratio
+        if self.max_perplexity_ratio is not None and ratio is not None and ratio > self.max_perplexity_ratio:
+            return (f"perplexity {fidelity.perplexity:.4f} is {ratio:.4f}x the reference's "
+                    f"{fidelity.reference_perplexity:.4f} > budget {self.max_perplexity_ratio}")
+        if self.min_agreement is not None and fidelity.agreement is not None and fidelity.agreement < self.min_agreement:
+            return f"greedy agreement {fidelity.agreement:.4f} < budget {self.min_agreement}"
         return None
+
+    def primary_metric(self) -> Callable[[Fidelity], float]:
+        """The score (higher is better) that ranks how much fidelity a change costs under
+        this budget: minus the perplexity ratio, else the agreement, else the min cosine
+        (for a model where the budget's metric is not measured, the min cosine)."""
+        if self.max_perplexity_ratio is not None:
+            return lambda f: -f.perplexity_ratio if f.perplexity_ratio is not None else f.cosine_min
+        if self.min_agreement is not None:
+            return lambda f: f.agreement if f.agreement is not None else f.cosine_min
+        return lambda f: f.cosine_min
 
     def __str__(self) -> str:
         parts = []
@@ -95,15 +134,90 @@ class FidelityBudget:
             parts.append(f"abs={self.max_abs_error}")
         if self.max_accuracy_drop is not None:
             parts.append(f"acc={self.max_accuracy_drop}")
+        if self.max_perplexity_ratio is not None:
+            parts.append(f"ppl={self.max_perplexity_ratio}")
+        if self.min_agreement is not None:
+            parts.append(f"agree={self.min_agreement}")
         return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class TokenTargets:
+    """What a language model's logits are scored against, per sample: ``logits_index``
+    (the position of the ``logits`` output among the graph outputs), ``targets`` (int64
+    ``[batch, seq]``: the next token each position must predict, -1 where there is none)
+    and ``valid`` (bool ``[batch, seq]``: unpadded positions, where agreement is counted).
+    """
+
+    logits_index: int
+    targets: tuple[np.ndarray, ...]
+    valid: tuple[np.ndarray, ...]
+
+    @classmethod
+    def of(cls, model: Model, samples: Sequence[Mapping[str, np.ndarray]]) -> TokenTargets | None:
+        """The targets of ``samples`` for ``model``, or ``None`` when it is not a language
+        model (no ``input_ids`` input or no ``logits`` output).
+
+        Teacher forcing: position *t* of a sample predicts its token *t + 1* where both are
+        unpadded (the last ``seq`` columns of a 2-D ``attention_mask``, 0 = padding); the
+        last position of each sample, and a decode step (``seq`` = 1), have no target but
+        count for agreement."""
+        names = [spec.name for spec in model.outputs]
+        if "logits" not in names or "input_ids" not in {spec.name for spec in model.inputs}:
+            return None
+        targets, valid = [], []
+        for feeds in samples:
+            ids = np.asarray(feeds["input_ids"])
+            mask = feeds.get("attention_mask")
+            keep = np.ones(ids.shape, bool) if mask is None or np.ndim(mask) != 2 \
+                else np.asarray(mask)[:, -ids.shape[1]:] != 0
+            target = np.full(ids.shape, -1, np.int64)
+            both = keep[:, :-1] & keep[:, 1:]
+            target[:, :-1] = np.where(both, ids[:, 1:], -1)
+            targets.append(target)
+            valid.append(keep)
+        return cls(names.index("logits"), tuple(targets), tuple(valid))
+
+
+def language_model_scores(
+    reference: Sequence[Sequence[np.ndarray]], candidate: Sequence[Sequence[np.ndarray]], tokens: TokenTargets
+) -> tuple[float | None, float | None, float | None]:
+    """``(perplexity, reference perplexity, agreement)`` of the candidate's logits (see
+    :class:`Fidelity`); a perplexity is ``None`` when no sample has a target, the agreement
+    when no position is unpadded."""
+    nll = ref_nll = 0.0
+    count = agree = positions = 0
+    for ref_outputs, got_outputs, target, valid in zip(reference, candidate, tokens.targets, tokens.valid,
+                                                        strict=True):
+        ref = np.asarray(ref_outputs[tokens.logits_index], np.float64)
+        got = np.asarray(got_outputs[tokens.logits_index], np.float64)
+        agree += int((ref.argmax(-1) == got.argmax(-1))[valid].sum())
+        positions += int(valid.sum())
+        scored = target >= 0
+        if scored.any():
+            picked = target[scored]
+            nll += float(-_log_softmax(got[scored])[np.arange(picked.size), picked].sum())
+            ref_nll += float(-_log_softmax(ref[scored])[np.arange(picked.size), picked].sum())
+            count += picked.size
+    perplexity = float(np.exp(nll / count)) if count else None
+    reference_perplexity = float(np.exp(ref_nll / count)) if count else None
+    return perplexity, reference_perplexity, agree / positions if positions else None
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def measure_fidelity(
     reference: Sequence[Sequence[np.ndarray]],
     candidate: Sequence[Sequence[np.ndarray]],
     labels: Sequence[np.ndarray] | None = None,
+    *,
+    tokens: TokenTargets | None = None,
 ) -> Fidelity:
-    """Compare per-sample output lists of a candidate against the reference."""
+    """Compare per-sample output lists of a candidate against the reference; with
+    ``tokens`` (a language model), also perplexity and greedy agreement."""
     cosines: list[float] = []
     max_abs = 0.0
     max_rel = 0.0
@@ -134,6 +248,9 @@ def measure_fidelity(
     if labels is not None:
         accuracy = _accuracy([outs[0] for outs in candidate], labels)
         reference_accuracy = _accuracy([outs[0] for outs in reference], labels)
+    perplexity = reference_perplexity = agreement = None
+    if tokens is not None:
+        perplexity, reference_perplexity, agreement = language_model_scores(reference, candidate, tokens)
     return Fidelity(
         cosine_mean=float(np.mean(cosines)) if cosines else 1.0,
         cosine_min=float(np.min(cosines)) if cosines else 1.0,
@@ -142,6 +259,9 @@ def measure_fidelity(
         samples=len(reference),
         accuracy=accuracy,
         reference_accuracy=reference_accuracy,
+        perplexity=perplexity,
+        reference_perplexity=reference_perplexity,
+        agreement=agreement,
     )
 
 

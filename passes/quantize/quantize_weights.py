@@ -1,0 +1,389 @@
+"""``quantize-weights``: weight-only block quantization to 4 or 8 bits for ONNX Runtime's
+``MatMulNBits`` (and ``GatherBlockQuantized`` for embeddings), by round-to-nearest or GPTQ,
+with an optional sensitivity fallback under the run's fidelity budget.
+
+    quantize-weights  MatMul(x, W)     -> com.microsoft MatMulNBits(x, Bq, scales[, zero_points])
+                      Gather(E, ids)   -> com.microsoft GatherBlockQuantized(Eq, ids, scales[, zero_points])
+                                          (embeddings=quantize)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from greencc.errors import UsageError
+from greencc.ir import inherit_provenance
+from greencc.model import Model
+from greencc.passes.lib.graph_edits import NameScope, constant_tensor, new_initializer, redirect, remove_node
+from greencc.pipeline.base import Pass, PassResult, register_pass
+from greencc.pipeline.context import PassContext
+from greencc.quant.blockwise import BlockQuantized, check_layout, pack_matmul_nbits, quantize_embedding, quantize_rtn
+from greencc.quant.gptq import collect_hessians, quantize_gptq
+from greencc.quant.sensitivity import LayerSensitivity, SensitivityReport, choose_float_layers
+from greencc.verify.feeds import random_feeds
+from greencc.verify.fidelity import Fidelity, FidelityBudget, TokenTargets, measure_fidelity
+
+CONTRIB = "com.microsoft"
+MATMUL_NBITS = f"{CONTRIB}::MatMulNBits"
+GATHER_BLOCK = f"{CONTRIB}::GatherBlockQuantized"
+# The budget the fallback keeps when the run gives none: at most +2% perplexity on a
+# language model, else a min cosine of 0.99 (as quantize-int8's).
+DEFAULT_LM_BUDGET = FidelityBudget(max_perplexity_ratio=1.02)
+DEFAULT_BUDGET = FidelityBudget(min_cosine=0.99)
+# Feeds GPTQ and the fallback use when there is neither calibration data nor a verification reference.
+RANDOM_SAMPLES = 4
+# Ops the walk from the logits output back to the lm_head MatMul passes through.
+_LOGITS_CARRIERS = frozenset({"Identity", "Reshape", "Cast", "Squeeze", "Unsqueeze"})
+
+
+@dataclass
+class WeightSite:
+    """One quantizable node: a MatMul with a constant ``[K, N]`` weight (``kind``
+    ``"matmul"``, or ``"lm_head"`` for the product that makes the logits) or a Gather from
+    a constant ``[V, H]`` table (``"embedding"``)."""
+
+    node: ir.Node
+    kind: str
+    weight: np.ndarray
+
+    @property
+    def name(self) -> str:
+        """The node's name (what ``keep_float`` and the ledger use)."""
+        return self.node.name or ""
+
+
+@register_pass("quantize-weights")
+class QuantizeWeights(Pass):
+    """MatMul(x, W) -> com.microsoft MatMulNBits with W in blocks of 4- or 8-bit integers.
+
+    Rewrites:
+      MatMul(x, W[K, N]) -> MatMulNBits(x, Bq[N, K/block, block·bits/8], scales[N, K/block]
+                            [, zero_points]) <K, N, bits, block_size[, accuracy_level]>
+      Gather(E[V, H], ids) -> GatherBlockQuantized(Eq, ids, scales[V, H/block][, zero_points])
+                              (``embeddings=quantize``)
+
+    ``method=rtn`` rounds every block to nearest; ``method=gptq`` compensates each
+    rounding error on the rows still to quantize with the Hessian X^T X of the layer's
+    calibration inputs (collected through the executor; ``act_order`` quantizes the
+    highest-energy input rows first). ``symmetric`` blocks store no zero points.
+    ``lm_head`` (the MatMul that makes the ``logits`` output): ``quantize`` at ``bits``,
+    ``int8``, or ``float``. ``embeddings``: ``float`` (default: a Gather reads one row
+    per token, so its bytes are small at decode) or ``quantize`` (GatherBlockQuantized, where
+    the target runs it; else kept float with the reason). ``accuracy_level=4`` lets ONNX
+    Runtime compute with int8 activations (faster; activations rounded per block).
+    ``fallback=sensitivity`` keeps in float the layers that cost the most fidelity per
+    energy saved until the run's budget holds (default: ppl=1.02 for a language model,
+    else cos=0.99). Declines: the weight is not a constant 2-D float32, K is not a multiple
+    of ``block``, the target does not run MatMulNBits, or ``keep_float`` names the node.
+    """
+
+    lossy: ClassVar[bool] = True
+
+    bits: Literal[4, 8] = 4
+    block: int = 32
+    symmetric: bool = True
+    method: Literal["rtn", "gptq"] = "rtn"
+    act_order: bool = True
+    lm_head: Literal["quantize", "int8", "float"] = "quantize"
+    embeddings: Literal["float", "quantize"] = "float"
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 0
+    fallback: Literal["none", "sensitivity"] = "none"
+    keep_float: str = ""
+
+    def call(self, model: Model, ctx: PassContext) -> PassResult:
+        """Find the sites, quantize their weights, optionally choose float fallbacks, rewrite."""
+        reason = check_layout(self.block, self.bits, self.block)
+        if reason is not None:
+            raise UsageError(f"quantize-weights: {reason}", hint="use block=32, 64 or 128")
+        supported = ctx.target.supported_fused_ops() if ctx.target is not None else set()
+        if MATMUL_NBITS not in supported:
+            why = (f"target '{ctx.target.name}' does not run {MATMUL_NBITS}" if ctx.target is not None
+                   else "no target: cannot tell whether MatMulNBits runs")
+            for node in model.graph:
+                if node.op_type == "MatMul" and node.domain in ("", "ai.onnx"):
+                    self.decline(ctx, node, why)
+            return PassResult(model, False, {"quantized": 0})
+        sites = self._sites(model, ctx, supported)
+        if not sites:
+            return PassResult(model, False, {"quantized": 0})
+        plan = WeightPlan(self, model, sites, ctx)
+        stats: dict[str, int | float] = {}
+        float_layers: frozenset[str] = frozenset()
+        if self.fallback == "sensitivity":
+            report = plan.sensitivity()
+            float_layers = frozenset(report.kept_float)
+            for site in sites:
+                if site.name in float_layers:
+                    self.decline(ctx, site.node, f"sensitivity: kept in float for the budget ({report.budget})")
+            stats.update(report.stats())
+        applied = plan.apply(model, float_layers)
+        stats.update(plan.stats(applied))
+        return PassResult(model, bool(applied), stats)
+
+    def _sites(self, model: Model, ctx: PassContext, supported: set[str]) -> list[WeightSite]:
+        """The quantizable nodes in graph order; every node left out is declined with why."""
+        keep = {name.strip() for name in self.keep_float.split(",") if name.strip()}
+        head = lm_head_node(model.graph)
+        sites: list[WeightSite] = []
+        for node in model.graph:
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type == "MatMul":
+                site, why = self._matmul_site(node, node is head)
+            elif node.op_type == "Gather" and self.embeddings == "quantize":
+                site, why = self._embedding_site(node, supported)
+            else:
+                continue
+            if site is not None and site.name in keep:
+                site, why = None, "listed in keep_float"
+            if site is None:
+                self.decline(ctx, node, why)
+            else:
+                sites.append(site)
+        unknown = keep - {node.name for node in model.graph}
+        if unknown:
+            raise UsageError(f"quantize-weights: keep_float names no node called {', '.join(sorted(unknown))}",
+                             hint="name MatMul nodes as `greencc inspect` lists them")
+        return sites
+
+    def _matmul_site(self, node: ir.Node, is_head: bool) -> tuple[WeightSite | None, str]:
+        if is_head and self.lm_head == "float":
+            return None, "the lm_head stays float (lm_head=float)"
+        tensor = constant_tensor(node.inputs[1]) if len(node.inputs) > 1 else None
+        if tensor is None:
+            return None, f"the weight '{node.inputs[1].name if len(node.inputs) > 1 and node.inputs[1] else '?'}' is not a constant"
+        if tensor.dtype != ir.DataType.FLOAT:
+            return None, f"the weight is {tensor.dtype.name}, not float32"
+        if len(tensor.shape) != 2:
+            return None, f"the weight has rank {len(tensor.shape)}; MatMulNBits takes a 2-D [K, N] weight"
+        activation = node.inputs[0]
+        if activation is None or activation.dtype not in (None, ir.DataType.FLOAT):
+            return None, "the activation is not float32"
+        bits = 8 if is_head and self.lm_head == "int8" else self.bits
+        reason = check_layout(int(tensor.shape[0]), bits, self.block)
+        if reason is not None:
+            return None, reason
+        return WeightSite(node, "lm_head" if is_head else "matmul", np.asarray(tensor.numpy(), np.float32)), ""
+
+    def _embedding_site(self, node: ir.Node, supported: set[str]) -> tuple[WeightSite | None, str]:
+        tensor = constant_tensor(node.inputs[0])
+        if tensor is None or tensor.dtype != ir.DataType.FLOAT or len(tensor.shape) != 2:
+            return None, "not an embedding: the table is not a constant 2-D float32"
+        axis = node.attributes.get("axis")
+        if axis is not None and axis.as_int() != 0:
+            return None, "not an embedding: gathers along axis 1"
+        if GATHER_BLOCK not in supported:
+            return None, f"the target does not run {GATHER_BLOCK}: the embedding stays float"
+        reason = check_layout(int(tensor.shape[1]), self.bits, self.block)
+        if reason is not None:
+            return None, f"embedding width: {reason}"
+        return WeightSite(node, "embedding", np.asarray(tensor.numpy(), np.float32)), ""
+
+    def site_bits(self, site: WeightSite) -> int:
+        """The bits ``site`` is quantized to (the lm_head may take 8 with ``lm_head=int8``)."""
+        return 8 if site.kind == "lm_head" and self.lm_head == "int8" else self.bits
+
+
+def lm_head_node(graph: ir.Graph) -> ir.Node | None:
+    """The MatMul that produces the ``logits`` graph output, through views and casts."""
+    value = next((v for v in graph.outputs if v.name == "logits"), None)
+    while value is not None:
+        producer = value.producer()
+        if producer is None:
+            return None
+        if producer.op_type == "MatMul":
+            return producer
+        if producer.op_type not in _LOGITS_CARRIERS or not producer.inputs:
+            return None
+        value = producer.inputs[0]
+    return None
+
+
+class WeightPlan:
+    """The quantized form of every site, computed once, and the models built from it."""
+
+    def __init__(self, options: QuantizeWeights, model: Model, sites: Sequence[WeightSite], ctx: PassContext) -> None:
+        self.options = options
+        self.ctx = ctx
+        self.original = model.clone()
+        self.sites = list(sites)
+        self._samples: list[dict[str, np.ndarray]] | None = None
+        self._random_samples = False
+        self._reference: list[list[np.ndarray]] | None = None
+        self._energy: dict[str, float] | None = None
+        hessians = self._hessians() if options.method == "gptq" else {}
+        self.weights: dict[str, BlockQuantized] = {}
+        self.embeddings: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        for site in self.sites:
+            bits = options.site_bits(site)
+            if site.kind == "embedding":
+                data, scales, zero, _ = quantize_embedding(site.weight, bits, options.block, options.symmetric)
+                self.embeddings[site.name] = (data, scales, zero)
+            elif site.name in hessians:
+                self.weights[site.name] = quantize_gptq(site.weight, hessians[site.name], bits, options.block,
+                                                        options.symmetric, act_order=options.act_order)
+            else:
+                self.weights[site.name] = quantize_rtn(site.weight, bits, options.block, options.symmetric)
+
+    # -- calibration -----------------------------------------------------------------------
+    def samples(self) -> list[dict[str, np.ndarray]]:
+        """Feeds for GPTQ and the fallback: the calibration data, else the run's verification
+        samples, else seeded random feeds."""
+        if self._samples is None:
+            if self.ctx.calibration is not None:
+                from greencc.data import as_calibration
+
+                self._samples = as_calibration(self.ctx.calibration, self.original).batches()
+            elif self.ctx.reference.ready:
+                self._samples = [dict(feeds) for feeds in self.ctx.reference.samples]
+            else:
+                self._random_samples = True
+                self._samples = [random_feeds(self.original, seed=self.ctx.seed + i, dims=self.ctx.dims)
+                                 for i in range(RANDOM_SAMPLES)]
+        return self._samples
+
+    def _hessians(self) -> dict[str, np.ndarray]:
+        """X^T X of each MatMul site's activation, by site name."""
+        matmuls = [s for s in self.sites if s.kind != "embedding"]
+        names = [s.node.inputs[0].name for s in matmuls]
+        by_value = collect_hessians(self.original, self.samples(), names, executor=self.ctx.executor)
+        return {s.name: by_value[s.node.inputs[0].name] for s in matmuls}
+
+    # -- building --------------------------------------------------------------------------
+    def apply(self, model: Model, keep_float: frozenset[str]) -> list[str]:
+        """Rewrite the planned sites of ``model`` (in place) except ``keep_float``; returns
+        the names rewritten."""
+        graph = model.graph
+        names = NameScope(model.ir)
+        by_name = {node.name: node for node in graph}
+        done: list[str] = []
+        for site in self.sites:
+            node = by_name.get(site.name)
+            if node is None or site.name in keep_float:
+                continue
+            if site.kind == "embedding":
+                new = self._gather_block(graph, names, node, *self.embeddings[site.name])
+            else:
+                new = self._matmul_nbits(graph, names, node, self.weights[site.name])
+            inherit_provenance(new, [node])
+            graph.insert_before(node, new)
+            redirect(graph, node.outputs[0], new.outputs[0], before=node, replaced=[node])
+            replaced = [v for v in node.inputs if v is not None and v.is_initializer()]
+            remove_node(node)
+            for value in replaced:
+                if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
+                    del graph.initializers[value.name]
+            done.append(site.name)
+        if done:
+            model.ir.opset_imports.setdefault(CONTRIB, 1)
+        return done
+
+    def _matmul_nbits(self, graph: ir.Graph, names: NameScope, node: ir.Node, weight: BlockQuantized) -> ir.Node:
+        base = node.inputs[1].name or node.name
+        b, scales, zero = pack_matmul_nbits(weight)
+        inputs = [node.inputs[0], new_initializer(graph, names.fresh(f"{base}_Q{weight.bits}"), b),
+                  new_initializer(graph, names.fresh(f"{base}_scales"), scales)]
+        if zero is not None:
+            inputs.append(new_initializer(graph, names.fresh(f"{base}_zero_points"), zero))
+        attributes = {"K": weight.k, "N": weight.n, "bits": weight.bits, "block_size": weight.block}
+        if self.options.accuracy_level:
+            attributes["accuracy_level"] = self.options.accuracy_level
+        output = ir.Value(name=names.fresh(f"{node.name}_nbits"), type=node.outputs[0].type,
+                          shape=node.outputs[0].shape)
+        return ir.node("MatMulNBits", inputs, attributes, domain=CONTRIB, outputs=[output],
+                       name=names.fresh(f"{node.name}_MatMulNBits"))
+
+    def _gather_block(self, graph: ir.Graph, names: NameScope, node: ir.Node, data: np.ndarray, scales: np.ndarray,
+                      zero: np.ndarray | None) -> ir.Node:
+        base = node.inputs[0].name or node.name
+        inputs = [new_initializer(graph, names.fresh(f"{base}_Q{self.options.bits}"), data), node.inputs[1],
+                  new_initializer(graph, names.fresh(f"{base}_scales"), scales)]
+        if zero is not None:
+            inputs.append(new_initializer(graph, names.fresh(f"{base}_zero_points"), zero))
+        attributes = {"bits": self.options.bits, "block_size": self.options.block, "gather_axis": 0,
+                      "quantize_axis": 1}
+        output = ir.Value(name=names.fresh(f"{node.name}_blockq"), type=node.outputs[0].type,
+                          shape=node.outputs[0].shape)
+        return ir.node("GatherBlockQuantized", inputs, attributes, domain=CONTRIB, outputs=[output],
+                       name=names.fresh(f"{node.name}_GatherBlockQuantized"))
+
+    def build(self, keep_float: frozenset[str]) -> Model:
+        """A quantized clone of the input model with ``keep_float`` left in float."""
+        clone = self.original.clone()
+        self.apply(clone, keep_float)
+        return clone
+
+    # -- fallback --------------------------------------------------------------------------
+    def budget(self) -> FidelityBudget:
+        """The run's budget, else ppl=1.02 for a language model, else cos=0.99."""
+        if self.ctx.budget is not None:
+            return self.ctx.budget
+        return DEFAULT_LM_BUDGET if TokenTargets.of(self.original, self.samples()) is not None else DEFAULT_BUDGET
+
+    def score(self, keep_float: frozenset[str]) -> Fidelity:
+        """Fidelity of the model quantized except ``keep_float`` against the float model on
+        :meth:`samples`, run as the compiled model will run (perplexity and agreement too
+        for a language model)."""
+        samples = self.samples()
+        runner = self.ctx.executor.runner(self.original, purpose="deployment")
+        if self._reference is None:
+            self._reference = [runner.values(feeds) for feeds in samples]
+        candidate = self.ctx.executor.runner(self.build(keep_float), purpose="deployment")
+        outputs = [candidate.values(feeds) for feeds in samples]
+        return measure_fidelity(self._reference, outputs, tokens=TokenTargets.of(self.original, samples))
+
+    def sensitivity(self) -> SensitivityReport:
+        """Rank the sites and keep the worst offenders in float within the budget."""
+        energy = self.energy_saved()
+        label = f"int{self.options.bits}"
+        layers = [LayerSensitivity(s.name, s.kind, energy.get(s.name, 0.0), decision=label) for s in self.sites]
+        budget = self.budget()
+        return choose_float_layers(layers, self.score, budget, metric=budget.primary_metric())
+
+    def energy_saved(self) -> dict[str, float]:
+        """Estimated energy (mJ per inference at ``ctx.dims``) each site's quantized form
+        saves over its float node, on the context's profile; empty without one."""
+        if self._energy is None:
+            self._energy = {}
+            if self.ctx.profile is not None:
+                from greencc.cost.estimate import estimate_cost
+
+                before = estimate_cost(self.original, self.ctx.profile, dims=self.ctx.dims)
+                after = estimate_cost(self.build(frozenset()), self.ctx.profile, dims=self.ctx.dims)
+                float_cost = {n.name: n.energy_mj for n in before.nodes}
+                quantized = {n.name: n.energy_mj for n in after.nodes}
+                for site in self.sites:
+                    new = next((e for name, e in quantized.items() if name.startswith(f"{site.name}_")), 0.0)
+                    self._energy[site.name] = float_cost.get(site.name, 0.0) - new
+        return self._energy
+
+    def stats(self, applied: Sequence[str]) -> dict[str, int | float]:
+        """Ledger counters of the rewrite that was applied."""
+        done = set(applied)
+        stats: dict[str, int | float] = {"quantized": len(applied), "float_fallback": 0}
+        saved = 0
+        for site in self.sites:
+            if site.name not in done:
+                stats["float_fallback"] += 1
+                continue
+            key = f"quantized.{site.kind}"
+            stats[key] = stats.get(key, 0) + 1
+            if site.kind == "embedding":
+                data, scales, zero = self.embeddings[site.name]
+                packed = data.nbytes + scales.nbytes + (zero.nbytes if zero is not None else 0)
+            else:
+                packed = self.weights[site.name].packed_bytes()
+            saved += site.weight.nbytes - packed
+        stats["weight_bytes_saved"] = saved
+        stats[f"method.{self.options.method}"] = 1
+        if self._random_samples:
+            stats["calibrated_on_random_inputs"] = RANDOM_SAMPLES
+        energy = self.energy_saved()
+        if energy:
+            stats["est_energy_saved_mJ"] = round(sum(energy.get(n, 0.0) for n in applied), 6)
+        return stats
