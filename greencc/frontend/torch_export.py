@@ -7,15 +7,15 @@ fallback, and the model's provenance records which one ran and why.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import io
 import logging
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from greencc.errors import ExportError, GreenccError, UsageError
+from greencc.errors import ExportError, UsageError
+from greencc.frontend.decoder import export_decoder, is_causal_lm
+from greencc.frontend.exporter_output import exception_summary, quiet_exporters
 from greencc.ir.io import check_model, load_model
 from greencc.model import Model, Provenance
 
@@ -25,13 +25,11 @@ Exporter = Literal["auto", "dynamo", "legacy"]
 EXPORTERS = ("auto", "dynamo", "legacy")
 # The legacy exporter's opset when none is asked for (the dynamo exporter picks its own).
 LEGACY_DEFAULT_OPSET = 17
-# Loggers the exporters chat on (registration notices, constant-folding retries...).
-_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "onnxscript", "onnx_ir")
 
 
 def from_torch(
     module: Any,
-    example_inputs: Any,
+    example_inputs: Any = None,
     *,
     dynamic_shapes: Mapping[str, Mapping[int, str]] | None = None,
     input_names: Sequence[str] | None = None,
@@ -49,6 +47,10 @@ def from_torch(
     records in ``model.provenance`` which one ran and why the other did not. The
     exporters' prints, warnings and log records are silenced unless ``verbose``.
 
+    A transformers causal LM given without ``example_inputs`` becomes the decoder graph
+    with a KV cache (see :mod:`greencc.frontend.decoder`); with example inputs it is traced
+    as any other module.
+
     Raises :class:`UsageError` for bad arguments and :class:`ExportError` listing each
     exporter's failure.
     """
@@ -64,6 +66,13 @@ def from_torch(
             hint = "for an ONNX file use greencc.load(path)"
         raise UsageError(
             f"from_torch expects a torch.nn.Module, got {type(module).__name__}", hint=hint
+        )
+    if example_inputs is None:
+        if is_causal_lm(module):
+            return export_decoder(module, opset=opset, verbose=verbose)
+        raise UsageError(
+            f"from_torch needs example_inputs for {type(module).__name__}",
+            hint="pass a tensor, a tuple of tensors or a dict of keyword arguments",
         )
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter '{exporter}'", hint="use 'auto', 'dynamo' or 'legacy'")
@@ -82,12 +91,12 @@ def from_torch(
     try:
         for attempt in attempts:
             try:
-                with torch.no_grad(), _quiet(enabled=not verbose):
+                with torch.no_grad(), quiet_exporters(enabled=not verbose):
                     export = _export_dynamo if attempt == "dynamo" else _export_legacy
                     ir_model = export(module, args, kwargs, names, output_names, dynamic, opset)
                 check_model(ir_model, f"the {attempt} export of {type(module).__name__}")
             except Exception as exc:  # exporters raise many unrelated types
-                reason = f"{attempt} exporter failed: {_summary(exc)}"
+                reason = f"{attempt} exporter failed: {exception_summary(exc)}"
                 log.info(reason)
                 failures.append(reason)
                 continue
@@ -115,12 +124,6 @@ def from_torch(
         hint="try exporter='legacy' or 'dynamo' explicitly, verbose=True to see the "
         "exporters' output, or simplify the forward()",
     )
-
-
-def _summary(exc: BaseException) -> str:
-    message = exc.message if isinstance(exc, GreenccError) else str(exc)
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _default_opset(ir_model: Any) -> int | None:
@@ -259,28 +262,3 @@ def _export_legacy(module, args, kwargs, names, output_names, dynamic, opset):
         do_constant_folding=True,
     )
     return load_model(buffer.getvalue())
-
-
-@contextlib.contextmanager
-def _quiet(enabled: bool = True) -> Iterator[None]:
-    """Silence the exporters' prints, warnings and log records; failures still raise."""
-    if not enabled:
-        yield
-        return
-    prefixes = tuple(name + "." for name in _NOISY_LOGGERS)
-    names = [*_NOISY_LOGGERS, *(n for n in logging.root.manager.loggerDict if n.startswith(prefixes))]
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    sink = io.StringIO()
-    try:
-        for logger in loggers:
-            # Children at NOTSET inherit ERROR from the raised parents, new ones included.
-            if logger.level < logging.ERROR:
-                logger.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-                yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
