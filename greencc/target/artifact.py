@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,16 @@ from greencc.errors import (
     ModelLoadError,
     TargetUnavailableError,
     UsageError,
+)
+from greencc.target.generation import (
+    DecodeSession,
+    FeedDecodeSession,
+    GenerationBenchmark,
+    GenerationResult,
+    Sampling,
+    benchmark_generation,
+    decoder_spec_or_raise,
+    generate,
 )
 from greencc.target.registry import registered_targets
 
@@ -132,6 +142,58 @@ class CompiledModel:
             repeats=repeats,
             min_time_s=min_time_s,
             threads=runner.options.get("threads"),
+        )
+
+    # -- generation (decoders) -----------------------------------------------------------
+    def generate(
+        self,
+        input_ids: Any,
+        max_new_tokens: int,
+        *,
+        attention_mask: Any | None = None,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop_tokens: Sequence[int] | None = None,
+        eos: Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+    ) -> GenerationResult:
+        """Generate up to ``max_new_tokens`` tokens after each prompt of a decoder.
+
+        ``input_ids``: a list of token ids, a list of such lists (left-padded here), or an
+        int64 array [batch, seq] whose ``attention_mask`` marks left padding with 0.
+        ``temperature`` 0 is greedy; above 0 tokens are sampled (restricted by ``top_k`` and
+        ``top_p``) reproducibly under ``seed``. A row stops at any of ``stop_tokens`` (alias
+        ``eos``; default the model's EOS ids; ``()`` never stops) and is then filled with
+        ``pad_token_id`` (default the model's pad, else its EOS). The KV cache is carried
+        between steps. Returns the sequences, the new tokens, prefill ms and decode tokens/s.
+        Raises :class:`UsageError` for a model that is not a decoder or bad arguments.
+        """
+        if stop_tokens is not None and eos is not None:
+            raise UsageError("give stop_tokens or eos, not both", hint="they are the same setting")
+        return generate(
+            self,
+            input_ids,
+            max_new_tokens,
+            attention_mask=attention_mask,
+            sampling=Sampling(temperature=float(temperature), top_k=top_k, top_p=top_p, seed=seed),
+            stop_tokens=stop_tokens if stop_tokens is not None else eos,
+            pad_token_id=pad_token_id,
+        )
+
+    def decode_session(self, batch: int, capacity: int) -> DecodeSession:
+        """A session running the decoder step by step for ``batch`` rows of at most
+        ``capacity`` tokens in all (targets override it to keep the KV cache their way)."""
+        return FeedDecodeSession(self, decoder_spec_or_raise(self), batch)
+
+    def benchmark_generation(
+        self, *, batch: int = 1, prompt_tokens: int = 32, new_tokens: int = 32, runs: int = 5, warmup: int = 1
+    ) -> GenerationBenchmark:
+        """Prefill ms at ``prompt_tokens``, decode tokens/s at ``batch`` and peak RSS (MB)
+        of greedy generation on random prompts (see :func:`benchmark_generation`)."""
+        return benchmark_generation(
+            self, batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup
         )
 
     @property
