@@ -1,6 +1,7 @@
 """Calibration and verification data: :class:`CalibrationData`, an ordered set of feed dicts
-built from arrays, an ``.npz``, feed dicts, a torch DataLoader or texts and a tokenizer,
-and checked against a model's inputs before any work. Nothing is ever unpickled.
+built from arrays, an ``.npz``, feed dicts, a torch DataLoader, texts and a tokenizer, or
+token sequences (decoder prefill feeds), and checked against a model's inputs before any
+work. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from greencc.model import Model
 
 # Refuse calibration files (and in-memory datasets) larger than this before reading them.
 MAX_CALIBRATION_BYTES = 4 << 30
+# A decoder's KV-cache inputs are named past_key_values.{layer}.key / .value.
+PAST_PREFIX = "past_key_values."
 
 Feeds = dict[str, np.ndarray]
 T = TypeVar("T")
@@ -231,7 +234,9 @@ class CalibrationData:
         ``batch_size``. Without one, every array the tokenizer returns, as int64.
         ``padding`` is ``"max_length"`` or ``"longest"`` (default: ``max_length`` when it
         is known, else the longest text of each batch); texts are truncated to
-        ``max_length`` (default 128).
+        ``max_length`` (default 128). For a decoder ``model`` (one with
+        ``past_key_values.*`` inputs), the batches are prefill feeds: see
+        :meth:`from_token_ids`.
         """
         _check_limit(limit)
         if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
@@ -239,6 +244,10 @@ class CalibrationData:
         texts = [str(t) for t in texts][:limit]
         if not callable(tokenizer):
             raise UsageError("tokenizer must be a Hugging Face tokenizer (callable on a list of texts)")
+        if model is not None and is_decoder(model):
+            encoded = [tokenizer(text, truncation=True, max_length=max_length or 128)["input_ids"] for text in texts]
+            return cls.from_token_ids(encoded, model, batch_size=batch_size or 1, progress=progress,
+                                      pad_id=getattr(tokenizer, "pad_token_id", None) or 0, source="texts")
         specs = {spec.name: spec for spec in model.inputs} if model is not None else {}
         static_seq = {spec.shape[1] for spec in specs.values()
                       if spec.shape is not None and len(spec.shape) >= 2 and isinstance(spec.shape[1], int)}
@@ -274,6 +283,28 @@ class CalibrationData:
 
         batches = track(feeds(), total=-(-len(texts) // batch_size), description="tokenizing", enabled=progress)
         return cls.from_feeds(batches, source="texts").with_progress(progress)
+
+    @classmethod
+    def from_token_ids(cls, sequences: Iterable[Sequence[int] | np.ndarray], model: Model, *,
+                       batch_size: int = 1, pad_id: int = 0, progress: bool = False,
+                       source: str = "token ids") -> CalibrationData:
+        """Prefill feeds of a decoder ``model`` from token sequences, ``batch_size`` per
+        batch: ``input_ids`` left-padded with ``pad_id`` to the longest of the batch,
+        ``attention_mask`` (1 attend, 0 padding), ``position_ids`` counting the unpadded
+        tokens from 0, and empty past tensors (``past_seq`` = 0) shaped from the model's
+        ``past_key_values.*`` inputs. Raises ``UsageError`` for an empty sequence or a
+        model that is not a decoder."""
+        _check_batch_size(batch_size)
+        if not is_decoder(model):
+            raise UsageError("from_token_ids builds decoder prefill feeds, but the model has no "
+                             "input_ids and past_key_values.* inputs",
+                             hint="for other models use from_texts or from_arrays")
+        rows = [np.asarray(seq, dtype=np.int64).ravel() for seq in sequences]
+        if any(row.size == 0 for row in rows):
+            raise UsageError("from_token_ids got an empty token sequence", hint="drop empty texts first")
+        feeds = [decoder_prefill(model, rows[start:start + batch_size], pad_id)
+                 for start in range(0, len(rows), batch_size)]
+        return cls.from_feeds(feeds, source=source).with_progress(progress)
 
     # -- container protocol ----------------------------------------------------------------
     def __iter__(self) -> Iterator[Feeds]:
@@ -425,6 +456,38 @@ def as_calibration(value: Any, model: Model | None = None) -> CalibrationData:
         f"cannot use a {type(value).__name__} as calibration data",
         hint="give a CalibrationData, a list of feed dicts, a mapping of arrays or a path to an .npz",
     )
+
+
+def is_decoder(model: Model) -> bool:
+    """Whether ``model`` has the decoder signature: ``input_ids`` and ``past_key_values.*``
+    inputs."""
+    names = {spec.name for spec in model.inputs}
+    return "input_ids" in names and any(name.startswith(PAST_PREFIX) for name in names)
+
+
+def decoder_prefill(model: Model, sequences: Sequence[np.ndarray], pad_id: int = 0) -> Feeds:
+    """One prefill feed dict of a decoder for ``sequences`` (1-D int arrays), left-padded
+    to the longest (see :meth:`CalibrationData.from_token_ids`); inputs the model does not
+    take are left out."""
+    length = max(len(row) for row in sequences)
+    ids = np.full((len(sequences), length), pad_id, np.int64)
+    mask = np.zeros((len(sequences), length), np.int64)
+    for index, row in enumerate(sequences):
+        ids[index, length - len(row):] = row
+        mask[index, length - len(row):] = 1
+    feeds: Feeds = {"input_ids": ids, "attention_mask": mask,
+                    "position_ids": np.maximum(np.cumsum(mask, axis=1) - 1, 0)}
+    specs = {spec.name: spec for spec in model.inputs}
+    for name, spec in specs.items():
+        if not name.startswith(PAST_PREFIX):
+            continue
+        if spec.shape is None or len(spec.shape) != 4 or not all(isinstance(d, int) for d in (spec.shape[1], spec.shape[3])):
+            raise UsageError(f"decoder input '{name}' is not [batch, kv_heads, past_seq, head_dim] with static "
+                             f"heads and head size ({spec})", hint="export the decoder with greencc.from_pretrained")
+        dtype = spec.dtype if spec.dtype != "unknown" else "float32"
+        feeds[name] = np.zeros((len(sequences), spec.shape[1], 0, spec.shape[3]), dtype)
+    return {name: array.astype(specs[name].dtype) if specs[name].dtype not in ("unknown", array.dtype.name) else array
+            for name, array in feeds.items() if name in specs}
 
 
 def load_npz_samples(path: str | os.PathLike, model: Model, *, limit: int | None = None) -> list[dict[str, np.ndarray]]:

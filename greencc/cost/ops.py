@@ -327,13 +327,27 @@ def _qgemm(node: ir.Node) -> OpWork:
 
 @register_op_cost("MatMulNBits", domain="com.microsoft")
 def _matmul_nbits(node: ir.Node) -> OpWork:
-    # Weights are dequantised block by block and multiplied in A's float type.
+    """Weight-only block-quantized MatMul: A [..., K] · W [K, N] with W stored in ``bits``
+    per value (the packed bytes are read as B's size). Every weight is dequantized once per
+    call (K·N FLOPs); the product runs in A's float type, or in int8 at ``accuracy_level``
+    4, where A is first quantized per block (2 FLOPs per element)."""
     a = _shape(node, 0)
     n = _attr_int(node, "N", 0)
+    k = _attr_int(node, "K", a[-1] if a else 0)
     if n <= 0:
         raise ShapeUnknown("MatMulNBits has no N attribute")
-    return OpWork(macs=_numel(a) * n, flops=_numel(a) // max(a[-1], 1) * n,
-                  dtype=_dtype_of(node.inputs[:1]), op_class="matmul")
+    rows = _numel(a) // max(a[-1], 1)
+    flops = k * n + (rows * n if _present(node, 5) else 0)  # dequantize W (+ bias)
+    if _attr_int(node, "accuracy_level", 0) == 4:
+        return OpWork(macs=rows * k * n, flops=flops + 2 * _numel(a), dtype="int8", op_class="matmul")
+    return OpWork(macs=rows * k * n, flops=flops, dtype=_dtype_of(node.inputs[:1]), op_class="matmul")
+
+
+@register_op_cost("GatherBlockQuantized", domain="com.microsoft")
+def _gather_block_quantized(node: ir.Node) -> OpWork:
+    # Dequantizing each gathered value: subtract the zero point, multiply by the scale.
+    return OpWork(flops=2 * _out_numel(node), dtype=_dtype_of(node.outputs[:1]), op_class="data-movement",
+                  partial_reads=(0,))
 
 
 @register_op_cost("Einsum")
@@ -700,6 +714,28 @@ def _onnx_attention(node: ir.Node) -> OpWork:
         length += past[2]
     macs = b * s * length * (q_hidden + v_hidden)
     flops = ATTENTION_SCORE_FLOPS * b * heads * s * length
+    return OpWork(macs=macs, flops=flops, dtype=_dtype_of(node.inputs[:1]), op_class="matmul")
+
+
+@register_op_cost("GroupQueryAttention", domain="com.microsoft")
+def _group_query_attention(node: ir.Node) -> OpWork:
+    """ORT's GroupQueryAttention: ``num_heads`` query heads share ``kv_num_heads`` K/V
+    heads; query [B, S, N·H] (or Q, K and V packed [B, S, (N + 2·N_kv)·H] when key is
+    absent); past key/value [B, N_kv, P, H] — the KV cache, read in full by the generic
+    byte count — so every query attends over T = P + S positions: QKᵀ and AV are
+    B·S·T·N·H MACs each. ``do_rotary`` adds the rotation of Q and the new K (3 FLOPs per
+    element)."""
+    heads = max(_attr_int(node, "num_heads", 1), 1)
+    kv_heads = max(_attr_int(node, "kv_num_heads", heads), 1)
+    b, s, width = _shape(node, 0)
+    packed = not _present(node, 1)
+    head_size = width // (heads + 2 * kv_heads) if packed else width // heads
+    past = _maybe_shape(node, 3) if _present(node, 3) else None
+    total = s + (past[2] if past is not None and len(past) == 4 else 0)
+    macs = 2 * b * s * total * heads * head_size
+    flops = ATTENTION_SCORE_FLOPS * b * heads * s * total
+    if _attr_int(node, "do_rotary", 0):
+        flops += 3 * b * s * (heads + kv_heads) * head_size
     return OpWork(macs=macs, flops=flops, dtype=_dtype_of(node.inputs[:1]), op_class="matmul")
 
 

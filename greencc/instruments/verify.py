@@ -1,6 +1,7 @@
 """The verification instrument: before the first pass, fill the run's verification
 reference (``ctx.reference``: samples and the input model's outputs, computed once); after
-every modifying pass, run the model on the samples and compare.
+every modifying pass, run the model on the samples and compare. A decoder's samples are its
+prefill feeds followed by greedy decode steps, so exact passes are checked on both.
 
 Exact passes must match within dtype tolerance (else ``VerificationError`` naming the
 first divergent node); lossy passes get a fidelity score and are rolled back with a
@@ -19,7 +20,7 @@ from greencc.errors import VerificationError
 from greencc.pipeline.instruments import Instrument, PassRecord
 from greencc.verify.bisect import first_divergent_node
 from greencc.verify.feeds import random_feeds
-from greencc.verify.fidelity import exact_violation, measure_fidelity
+from greencc.verify.fidelity import TokenTargets, exact_violation, measure_fidelity
 
 if TYPE_CHECKING:
     from greencc.model import Model
@@ -28,13 +29,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Greedy decode steps appended to the verification samples after each prefill of a decoder.
+DECODE_STEPS = 3
+PAST_PREFIX = "past_key_values."
+PRESENT_PREFIX = "present."
+
 
 class VerifyInstrument(Instrument):
     """Verifies numerics after each modifying pass against the reference run of the input.
 
     Samples come from ``ctx.calibration`` (a list of feed dicts) when given, else
-    ``ctx.verification_samples`` random feed dicts drawn with ``ctx.seed`` and ``ctx.dims``.
-    Models run on ``ctx.executor`` for reference (one thread, no graph optimization).
+    ``ctx.verification_samples`` random feed dicts drawn with ``ctx.seed`` and ``ctx.dims``;
+    for a decoder each is followed by :data:`DECODE_STEPS` decode-step feeds (see
+    :func:`decode_samples`). Models run on ``ctx.executor`` for reference (one thread, no
+    graph optimization). A language model's fidelity includes perplexity on the samples'
+    next tokens and greedy agreement with the reference.
     """
 
     def __init__(self, labels: list[np.ndarray] | None = None) -> None:
@@ -42,7 +51,8 @@ class VerifyInstrument(Instrument):
         self.last_fidelity = None
 
     def enter_pipeline(self, model: Model, ctx: PassContext) -> None:
-        ctx.reference.start(model, self._samples(model, ctx))
+        samples = self._samples(model, ctx)
+        ctx.reference.start(model, [*samples, *decode_samples(model, samples, ctx)])
 
     def _samples(self, model: Model, ctx: PassContext) -> list[dict[str, np.ndarray]]:
         calibration = ctx.calibration
@@ -61,7 +71,8 @@ class VerifyInstrument(Instrument):
             return
         reference = ctx.reference
         outputs = reference.run(model)
-        fidelity = measure_fidelity(reference.outputs, outputs, self.labels)
+        fidelity = measure_fidelity(reference.outputs, outputs, self.labels,
+                                    tokens=TokenTargets.of(model, reference.samples))
         record.fidelity = fidelity
         if not pass_.lossy:
             violation = exact_violation(reference.current, outputs)
@@ -90,3 +101,36 @@ class VerifyInstrument(Instrument):
         if pass_.lossy:
             reference.accept_lossy(outputs)
         self.last_fidelity = fidelity
+
+
+def decode_samples(model: Model, prefills: list[dict[str, np.ndarray]], ctx: PassContext,
+                   steps: int = DECODE_STEPS) -> list[dict[str, np.ndarray]]:
+    """Greedy decode-step feeds that follow each prefill feed of a decoder (empty for any
+    other model): each step feeds the argmax of the last logits as ``input_ids`` [batch, 1],
+    the attention mask grown by one attended column, ``position_ids`` one past the last,
+    and the previous run's ``present.{i}.key/value`` as ``past_key_values.{i}.key/value``
+    — the reference run of ``model`` on ``ctx.executor``."""
+    inputs = {spec.name for spec in model.inputs}
+    outputs = [spec.name for spec in model.outputs]
+    past = [name for name in inputs if name.startswith(PAST_PREFIX)]
+    present = {name: PRESENT_PREFIX + name[len(PAST_PREFIX):] for name in past}
+    if not past or "input_ids" not in inputs or "logits" not in outputs \
+            or not set(present.values()) <= set(outputs):
+        return []
+    runner = ctx.executor.runner(model, purpose="reference")
+    steps_out: list[dict[str, np.ndarray]] = []
+    for feeds in prefills:
+        current = dict(feeds)
+        for _ in range(steps):
+            values = dict(zip(outputs, runner.values(current), strict=True))
+            ids = current["input_ids"]
+            step = {"input_ids": values["logits"][:, -1].argmax(-1)[:, None].astype(ids.dtype)}
+            if "attention_mask" in inputs:
+                mask = current["attention_mask"]
+                step["attention_mask"] = np.concatenate([mask, np.ones((mask.shape[0], 1), mask.dtype)], axis=1)
+            if "position_ids" in inputs:
+                step["position_ids"] = current["position_ids"][:, -1:] + 1
+            step.update((name, values[present[name]]) for name in past)
+            steps_out.append(step)
+            current = step
+    return steps_out

@@ -13,17 +13,24 @@ from typing import Any
 from greencc.errors import UsageError
 from greencc.pipeline.base import MANAGER_OPTIONS, Pass, get_pass_class
 
+# A decoder's -O3 and green first move its weights to int4 blocks (MatMulNBits) wherever the
+# cost model prices that below float — decode reads every weight once per token, so its
+# energy follows the weight bytes; models without a KV cache skip it and keep the int8 of
+# before. Whatever int4 leaves in float is then offered to quantize-int8.
+WEIGHT_ONLY = "quantize-weights{bits=4,models=decoders,when=saves-energy}"
 PRESETS: dict[str, str] = {
     "-O0": "",
     "-O1": "cleanup",
     "-O2": "cleanup,fuse,dce",
-    "-O3": "cleanup,fuse,dce,quantize-int8{fallback=sensitivity,outlier_ratio=20}",
+    "-O3": f"cleanup,fuse,dce,{WEIGHT_ONLY},quantize-int8{{fallback=sensitivity,outlier_ratio=20}}",
     # Pruning spends part of the run's --budget (share: heads up to 30% of the cosine loss
     # allowed, heads and FFN together up to 45%), int8 the rest — it saves the most energy
     # per unit of fidelity, so it gets the larger part; without a budget the pruning passes
     # decline (with the reason) and this is -O3.
     # Its int8 keeps an outlier split only where the budget needs it.
+    # A decoder's int4 also keeps the layers its budget (ppl=, agree= or cos=) needs in float.
     "green": "cleanup,prune-heads{share=0.3},prune-ffn{share=0.45},fuse,dce,"
+             "quantize-weights{bits=4,models=decoders,when=saves-energy,fallback=sensitivity},"
              "quantize-int8{fallback=sensitivity,outlier_ratio=20,outliers=as-needed}",
 }
 

@@ -87,6 +87,7 @@ def choose_float_layers(
     *,
     max_float: int | None = None,
     metric: Callable[[Fidelity], float] | None = None,
+    costly_first: bool = True,
 ) -> SensitivityReport:
     """Rank ``layers`` and keep the worst offenders in float until ``budget`` holds.
 
@@ -97,8 +98,9 @@ def choose_float_layers(
     ``max_float`` caps how many layers may return to float (default: all). ``metric``
     (higher is better; default the min cosine) measures the loss, e.g.
     ``budget.primary_metric()`` ranks by perplexity under a ``ppl=`` budget; ``loss`` is
-    then in the metric's units. ``layers`` are updated in place and returned ranked best
-    first.
+    then in the metric's units. ``costly_first=False`` ranks layers that save no energy
+    last instead of returning them to float unasked (when the quantized form is wanted for
+    its size). ``layers`` are updated in place and returned ranked best first.
     """
     metric = metric or (lambda fidelity: fidelity.cosine_min)
     layers = list(layers)
@@ -107,12 +109,14 @@ def choose_float_layers(
         without = score(frozenset({layer.name}))
         layer.cosine_without = without.cosine_min
         layer.loss = max(0.0, metric(without) - metric(all_int8))
-    # Best value first: energy-positive layers by mJ per cosine descending.
-    layers.sort(key=lambda layer: (layer.energy_saved_mj > 0, layer.mj_per_cosine), reverse=True)
+    # Best value first: energy-positive layers by mJ per cosine descending, then the layers
+    # that save nothing, the least lossy first (so the lossiest go back to float first).
+    layers.sort(key=lambda layer: (layer.energy_saved_mj > 0,
+                                   layer.mj_per_cosine if layer.energy_saved_mj > 0 else -layer.loss), reverse=True)
     kept: list[str] = []
     final = all_int8
     for layer in layers:
-        if layer.energy_saved_mj <= 0:
+        if costly_first and layer.energy_saved_mj <= 0:
             layer.decision, layer.why = "float", f"{layer.decision} costs more energy than it saves"
             kept.append(layer.name)
     if kept:

@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import onnx_ir as ir
 
+from greencc.data import is_decoder
 from greencc.errors import UsageError
 from greencc.ir import inherit_provenance
 from greencc.model import Model
@@ -50,11 +51,13 @@ class WeightSite:
     node: ir.Node
     kind: str
     weight: np.ndarray
+    index: int
 
     @property
     def name(self) -> str:
-        """The node's name (what ``keep_float`` and the ledger use)."""
-        return self.node.name or ""
+        """The node's name (what ``keep_float`` and the ledger use), ``Op#index`` when it
+        has none."""
+        return self.node.name or f"{self.node.op_type}#{self.index}"
 
 
 @register_pass("quantize-weights")
@@ -78,8 +81,14 @@ class QuantizeWeights(Pass):
     Runtime compute with int8 activations (faster; activations rounded per block).
     ``fallback=sensitivity`` keeps in float the layers that cost the most fidelity per
     energy saved until the run's budget holds (default: ppl=1.02 for a language model,
-    else cos=0.99). Declines: the weight is not a constant 2-D float32, K is not a multiple
-    of ``block``, the target does not run MatMulNBits, or ``keep_float`` names the node.
+    else cos=0.99). ``when=saves-energy`` keeps in float every layer whose quantized form
+    the cost model prices above its float one (on the context's profile, at ``ctx.dims``:
+    decode is priced by the weight bytes read per token, prefill by its MACs).
+    ``models=decoders`` leaves models without a KV cache alone (what ``-O3`` does, so
+    encoders keep their int8). Declines: the weight is not a constant 2-D float32, K is
+    not a multiple of ``block``, the target does not run MatMulNBits, the model is not a
+    decoder (``models=decoders``), the layer saves no energy (``when=saves-energy``), or
+    ``keep_float`` names the node.
     """
 
     lossy: ClassVar[bool] = True
@@ -94,6 +103,8 @@ class QuantizeWeights(Pass):
     accuracy_level: Literal[0, 1, 2, 3, 4] = 0
     fallback: Literal["none", "sensitivity"] = "none"
     keep_float: str = ""
+    models: Literal["all", "decoders"] = "all"
+    when: Literal["always", "saves-energy"] = "always"
 
     def call(self, model: Model, ctx: PassContext) -> PassResult:
         """Find the sites, quantize their weights, optionally choose float fallbacks, rewrite."""
@@ -108,15 +119,25 @@ class QuantizeWeights(Pass):
                 if node.op_type == "MatMul" and node.domain in ("", "ai.onnx"):
                     self.decline(ctx, node, why)
             return PassResult(model, False, {"quantized": 0})
+        if self.models == "decoders" and not is_decoder(model):
+            self.decline(ctx, model.graph.name or "graph", "not a decoder (no past_key_values inputs): models=decoders")
+            return PassResult(model, False, {"quantized": 0})
         sites = self._sites(model, ctx, supported)
         if not sites:
             return PassResult(model, False, {"quantized": 0})
         plan = WeightPlan(self, model, sites, ctx)
         stats: dict[str, int | float] = {}
         float_layers: frozenset[str] = frozenset()
+        if self.when == "saves-energy":
+            energy = plan.energy_saved()
+            float_layers = frozenset(s.name for s in sites if energy.get(s.name, 0.0) <= 0)
+            for site in sites:
+                if site.name in float_layers:
+                    self.decline(ctx, site.node, f"its quantized form saves no energy at dims {ctx.dims or 'all 1'} "
+                                                 f"({energy.get(site.name, 0.0):.3g} mJ)")
         if self.fallback == "sensitivity":
-            report = plan.sensitivity()
-            float_layers = frozenset(report.kept_float)
+            report = plan.sensitivity(float_layers)
+            float_layers = float_layers | frozenset(report.kept_float)
             for site in sites:
                 if site.name in float_layers:
                     self.decline(ctx, site.node, f"sensitivity: kept in float for the budget ({report.budget})")
@@ -130,13 +151,13 @@ class QuantizeWeights(Pass):
         keep = {name.strip() for name in self.keep_float.split(",") if name.strip()}
         head = lm_head_node(model.graph)
         sites: list[WeightSite] = []
-        for node in model.graph:
+        for index, node in enumerate(model.graph):
             if node.domain not in ("", "ai.onnx"):
                 continue
             if node.op_type == "MatMul":
-                site, why = self._matmul_site(node, node is head)
+                site, why = self._matmul_site(node, index, node is head)
             elif node.op_type == "Gather" and self.embeddings == "quantize":
-                site, why = self._embedding_site(node, supported)
+                site, why = self._embedding_site(node, index, supported)
             else:
                 continue
             if site is not None and site.name in keep:
@@ -145,13 +166,13 @@ class QuantizeWeights(Pass):
                 self.decline(ctx, node, why)
             else:
                 sites.append(site)
-        unknown = keep - {node.name for node in model.graph}
+        unknown = keep - {node.name for node in model.graph} - {site.name for site in sites}
         if unknown:
             raise UsageError(f"quantize-weights: keep_float names no node called {', '.join(sorted(unknown))}",
                              hint="name MatMul nodes as `greencc inspect` lists them")
         return sites
 
-    def _matmul_site(self, node: ir.Node, is_head: bool) -> tuple[WeightSite | None, str]:
+    def _matmul_site(self, node: ir.Node, index: int, is_head: bool) -> tuple[WeightSite | None, str]:
         if is_head and self.lm_head == "float":
             return None, "the lm_head stays float (lm_head=float)"
         tensor = constant_tensor(node.inputs[1]) if len(node.inputs) > 1 else None
@@ -168,9 +189,9 @@ class QuantizeWeights(Pass):
         reason = check_layout(int(tensor.shape[0]), bits, self.block)
         if reason is not None:
             return None, reason
-        return WeightSite(node, "lm_head" if is_head else "matmul", np.asarray(tensor.numpy(), np.float32)), ""
+        return WeightSite(node, "lm_head" if is_head else "matmul", np.asarray(tensor.numpy(), np.float32), index), ""
 
-    def _embedding_site(self, node: ir.Node, supported: set[str]) -> tuple[WeightSite | None, str]:
+    def _embedding_site(self, node: ir.Node, index: int, supported: set[str]) -> tuple[WeightSite | None, str]:
         tensor = constant_tensor(node.inputs[0])
         if tensor is None or tensor.dtype != ir.DataType.FLOAT or len(tensor.shape) != 2:
             return None, "not an embedding: the table is not a constant 2-D float32"
@@ -182,7 +203,7 @@ class QuantizeWeights(Pass):
         reason = check_layout(int(tensor.shape[1]), self.bits, self.block)
         if reason is not None:
             return None, f"embedding width: {reason}"
-        return WeightSite(node, "embedding", np.asarray(tensor.numpy(), np.float32)), ""
+        return WeightSite(node, "embedding", np.asarray(tensor.numpy(), np.float32), index), ""
 
     def site_bits(self, site: WeightSite) -> int:
         """The bits ``site`` is quantized to (the lm_head may take 8 with ``lm_head=int8``)."""
@@ -260,11 +281,11 @@ class WeightPlan:
         the names rewritten."""
         graph = model.graph
         names = NameScope(model.ir)
-        by_name = {node.name: node for node in graph}
+        nodes = list(graph)  # the plan's sites are positions in the input model's node order
         done: list[str] = []
         for site in self.sites:
-            node = by_name.get(site.name)
-            if node is None or site.name in keep_float:
+            node = nodes[site.index]
+            if site.name in keep_float or node.op_type != site.node.op_type:
                 continue
             if site.kind == "embedding":
                 new = self._gather_block(graph, names, node, *self.embeddings[site.name])
@@ -293,10 +314,10 @@ class WeightPlan:
         attributes = {"K": weight.k, "N": weight.n, "bits": weight.bits, "block_size": weight.block}
         if self.options.accuracy_level:
             attributes["accuracy_level"] = self.options.accuracy_level
-        output = ir.Value(name=names.fresh(f"{node.name}_nbits"), type=node.outputs[0].type,
+        output = ir.Value(name=names.fresh(f"{base}_nbits"), type=node.outputs[0].type,
                           shape=node.outputs[0].shape)
         return ir.node("MatMulNBits", inputs, attributes, domain=CONTRIB, outputs=[output],
-                       name=names.fresh(f"{node.name}_MatMulNBits"))
+                       name=f"{node.name or base}_MatMulNBits")
 
     def _gather_block(self, graph: ir.Graph, names: NameScope, node: ir.Node, data: np.ndarray, scales: np.ndarray,
                       zero: np.ndarray | None) -> ir.Node:
@@ -307,10 +328,10 @@ class WeightPlan:
             inputs.append(new_initializer(graph, names.fresh(f"{base}_zero_points"), zero))
         attributes = {"bits": self.options.bits, "block_size": self.options.block, "gather_axis": 0,
                       "quantize_axis": 1}
-        output = ir.Value(name=names.fresh(f"{node.name}_blockq"), type=node.outputs[0].type,
+        output = ir.Value(name=names.fresh(f"{base}_blockq"), type=node.outputs[0].type,
                           shape=node.outputs[0].shape)
         return ir.node("GatherBlockQuantized", inputs, attributes, domain=CONTRIB, outputs=[output],
-                       name=names.fresh(f"{node.name}_GatherBlockQuantized"))
+                       name=f"{node.name or base}_GatherBlockQuantized")
 
     def build(self, keep_float: frozenset[str]) -> Model:
         """A quantized clone of the input model with ``keep_float`` left in float."""
@@ -337,13 +358,18 @@ class WeightPlan:
         outputs = [candidate.values(feeds) for feeds in samples]
         return measure_fidelity(self._reference, outputs, tokens=TokenTargets.of(self.original, samples))
 
-    def sensitivity(self) -> SensitivityReport:
-        """Rank the sites and keep the worst offenders in float within the budget."""
+    def sensitivity(self, kept: frozenset[str] = frozenset()) -> SensitivityReport:
+        """Rank the sites (but those already ``kept`` in float) and keep the worst
+        offenders in float within the budget."""
         energy = self.energy_saved()
         label = f"int{self.options.bits}"
-        layers = [LayerSensitivity(s.name, s.kind, energy.get(s.name, 0.0), decision=label) for s in self.sites]
+        layers = [LayerSensitivity(s.name, s.kind, energy.get(s.name, 0.0), decision=label)
+                  for s in self.sites if s.name not in kept]
         budget = self.budget()
-        return choose_float_layers(layers, self.score, budget, metric=budget.primary_metric())
+        # Layers that save no energy are still wanted small (when=saves-energy drops them
+        # before this): they rank last, and go back to float only for the budget.
+        return choose_float_layers(layers, lambda names: self.score(names | kept), budget,
+                                   metric=budget.primary_metric(), costly_first=False)
 
     def energy_saved(self) -> dict[str, float]:
         """Estimated energy (mJ per inference at ``ctx.dims``) each site's quantized form
@@ -355,11 +381,11 @@ class WeightPlan:
 
                 before = estimate_cost(self.original, self.ctx.profile, dims=self.ctx.dims)
                 after = estimate_cost(self.build(frozenset()), self.ctx.profile, dims=self.ctx.dims)
-                float_cost = {n.name: n.energy_mj for n in before.nodes}
-                quantized = {n.name: n.energy_mj for n in after.nodes}
+                # Each site is replaced by one node at its own position in the node order.
                 for site in self.sites:
-                    new = next((e for name, e in quantized.items() if name.startswith(f"{site.name}_")), 0.0)
-                    self._energy[site.name] = float_cost.get(site.name, 0.0) - new
+                    old, new = before.nodes[site.index], after.nodes[site.index]
+                    if new.op_type in ("MatMulNBits", "GatherBlockQuantized"):
+                        self._energy[site.name] = old.energy_mj - new.energy_mj
         return self._energy
 
     def stats(self, applied: Sequence[str]) -> dict[str, int | float]:
