@@ -361,6 +361,11 @@ def _checkable_proto(model: ir.Model) -> onnx.ModelProto:
     finally:
         for value, tensor in swapped:
             value.const_value = tensor
+    for node in _all_node_protos(proto.graph):
+        if node.domain in ("", "ai.onnx") and node.op_type in ONNXRUNTIME_ONNX_DOMAIN_OPS:
+            node.domain = ONNXRUNTIME_EXTENSION_DOMAIN  # the checker skips custom domains
+    if any(node.domain == ONNXRUNTIME_EXTENSION_DOMAIN for node in _all_node_protos(proto.graph)):
+        proto.opset_import.append(onnx.helper.make_opsetid(ONNXRUNTIME_EXTENSION_DOMAIN, 1))
     for tensor in iter_tensor_protos(proto.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             del tensor.external_data[:]
@@ -368,6 +373,25 @@ def _checkable_proto(model: ir.Model) -> onnx.ModelProto:
             del tensor.dims[:]
             tensor.dims.append(0)
     return proto
+
+
+# Ops onnxruntime defines in the ONNX domain although ONNX does not (fusions emit them for
+# the targets that run them); the checker sees them under a stand-in custom domain.
+ONNXRUNTIME_ONNX_DOMAIN_OPS = frozenset({"SimplifiedLayerNormalization"})
+ONNXRUNTIME_EXTENSION_DOMAIN = "greencc.onnxruntime-onnx-domain"
+
+
+def _all_node_protos(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Every node of ``graph`` and its subgraphs (iterative)."""
+    nodes, pending = [], [graph]
+    while pending:
+        current = pending.pop()
+        for node in current.node:
+            nodes.append(node)
+            for attribute in node.attribute:
+                pending.extend([attribute.g] if attribute.HasField("g") else [])
+                pending.extend(attribute.graphs)
+    return nodes
 
 
 def _first_line(exc: BaseException) -> str:

@@ -61,6 +61,14 @@ class Optional(Pattern):
         self.inner = inner
 
 
+class Either(Pattern):
+    """The first of ``alternatives`` that matches (tried in order, each from the bindings
+    made so far); an op a chain may or may not contain is ``Either(Op(..., inner), inner)``."""
+
+    def __init__(self, *alternatives: Pattern) -> None:
+        self.alternatives = alternatives
+
+
 class Op(Pattern):
     """A node of one of ``op_types`` in ``domain`` (ONNX by default, ``ANY_DOMAIN`` for any),
     whose inputs match ``inputs`` in order (both orders of a two-input op with ``commute``).
@@ -138,8 +146,8 @@ def match_pattern(pattern: Op, root: ir.Node) -> Match | None:
 
 
 def _match_node(pattern: Op, node: ir.Node, match: Match) -> Match | None:
-    # Bindings are added in place; only a commuted op, where a failed order must leave
-    # nothing behind, works on copies.
+    # Bindings are added in place; only a commuted op or an Either, where a failed
+    # alternative must leave nothing behind, works on copies.
     if node.op_type not in pattern.op_types:
         return None
     if pattern.domain == ONNX_DOMAIN and not is_onnx_op(node):
@@ -181,6 +189,12 @@ def _match_value(pattern: Pattern, value: ir.Value | None, match: Match) -> Matc
         pattern = pattern.inner
     if value is None:
         return None
+    if isinstance(pattern, Either):
+        for alternative in pattern.alternatives:
+            found = _match_value(alternative, value, match._copy())
+            if found is not None:
+                return found
+        return None
     if isinstance(pattern, Var):
         bound = match.values.get(pattern.name, value)
         if bound is not value:
@@ -205,6 +219,8 @@ def _names(pattern: Pattern) -> list[str]:
         part = stack.pop()
         if isinstance(part, Optional):
             stack.append(part.inner)
+        elif isinstance(part, Either):
+            stack.extend(part.alternatives)
         elif isinstance(part, Var):
             names.append(part.name)
         elif isinstance(part, Op):

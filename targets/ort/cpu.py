@@ -72,6 +72,10 @@ _CONTRIB_CPU_OPS_FALLBACK = frozenset(
 )
 
 
+# Fused ops onnxruntime registers in the ONNX domain although ONNX does not define them.
+_ORT_ONNX_DOMAIN_OPS = ("SimplifiedLayerNormalization",)
+
+
 def _host_profile_name() -> str:
     machine = platform.machine().lower()
     return "arm-cortex-a76" if machine in ("aarch64", "arm64") else "x86-avx512"
@@ -380,8 +384,11 @@ class OrtCpu(Target):
         return group_partitions(verdicts)
 
     def supported_fused_ops(self) -> set[str]:
-        """Contrib ops with CPU kernels, e.g. ``com.microsoft::Attention``."""
-        return {f"{domain}::{op}" for domain, op in _contrib_ops() if domain == "com.microsoft"}
+        """Contrib ops with CPU kernels, e.g. ``com.microsoft::Attention``, and the ops
+        onnxruntime adds to the ONNX domain (``ai.onnx::SimplifiedLayerNormalization``)."""
+        contrib = {f"{domain}::{op}" for domain, op in _contrib_ops() if domain == "com.microsoft"}
+        kernels = _cpu_kernels() or {}
+        return contrib | {f"ai.onnx::{op}" for op in _ORT_ONNX_DOMAIN_OPS if ("", op) in kernels}
 
     def lower(self, model: Model, ctx: PassContext | None = None) -> OrtCompiledModel:
         """Check every node is runnable, then build an ONNX Runtime CPU session.
