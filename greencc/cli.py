@@ -27,6 +27,9 @@ examples:
   greencc passes                                             # the pass catalogue
   greencc targets                                            # what runs here, and why not
   greencc bench out/ --repeats 100                           # latency of a compiled artifact
+  greencc compile hf-llama/ -O2 -o llama-out/                # a Hugging Face directory (offline)
+  greencc generate llama-out/ --prompt "Once upon" --max-new-tokens 32
+  greencc bench llama-out/ --generate --batch 4              # prefill ms, decode tokens/s, peak RSS
   greencc report out/report.json                             # the ledger again
   greencc cost calibrate -t ort-cpu                          # fit ort-cpu's profile to this machine
   greencc cost validate -t ort-cpu                           # predicted vs measured, held-out models
@@ -85,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         "recipe's, and --plugin adds to its plugins.",
         epilog="example: greencc compile minilm.onnx -t ort-cpu -O1 -o out/ --dim seq=128",
     )
-    c.add_argument("model", nargs="?", help="an ONNX file (default: the recipe's model)")
+    c.add_argument("model", nargs="?",
+                   help="an ONNX file or a Hugging Face model directory (default: the recipe's model)")
     c.add_argument("--config", metavar="RECIPE.toml",
                    help="a recipe: a TOML file of CompileConfig fields (see README); flags override it")
     c.add_argument("-t", "--target", help="target or tag (default ort-cpu; see `greencc targets`)")
@@ -123,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="ops, parameters, MACs and estimated energy of a model",
                        epilog="example: greencc inspect minilm.onnx -t x86-avx512 --dim seq=128")
-    i.add_argument("model")
+    i.add_argument("model", help="an ONNX file or a Hugging Face model directory")
     i.add_argument("-t", "--target", default="ort-cpu", help="target or tag whose profile prices the model")
     i.add_argument("--profile", help="hardware profile name (overrides the target's)")
     i.add_argument("--top", type=int, default=10, help="show the N costliest nodes")
@@ -148,9 +152,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("--energy", action="store_true",
                    help="also measure energy per inference (RAPL/NVML where readable, else a labelled estimate)")
+    b.add_argument("--generate", action="store_true",
+                   help="for a decoder: time generation instead, printing prefill ms at --prompt-tokens, decode "
+                   "tokens/s at --batch and peak memory (RSS, MB)")
+    b.add_argument("--batch", type=int, default=1, help="with --generate: prompts per batch (default 1)")
+    b.add_argument("--prompt-tokens", type=int, default=32, help="with --generate: prompt length (default 32)")
+    b.add_argument("--new-tokens", type=int, default=32, help="with --generate: tokens decoded per run (default 32)")
     carbon_options(b)
     dims_option(b)
     plugin_option(b)
+
+    g = sub.add_parser("generate", help="generate text (or token ids) with a compiled decoder artifact",
+                       description="Generate a continuation of --prompt (encoded with the tokenizer the artifact "
+                       "carries) or of the token ids given with --ids, greedily unless --temperature is above 0.",
+                       epilog='example: greencc generate out/ --prompt "The cat" --max-new-tokens 32 --temperature 0.8')
+    g.add_argument("artifact", help="a directory written by `greencc compile` from a decoder")
+    source = g.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the prompt text (needs the artifact's tokenizer)")
+    source.add_argument("--ids", metavar="ID,ID,...", help="the prompt as comma-separated token ids")
+    g.add_argument("--max-new-tokens", type=int, default=32, help="most tokens to generate (default 32)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default); above 0 samples")
+    g.add_argument("--top-k", type=int, help="sample among the K most likely tokens")
+    g.add_argument("--top-p", type=float, help="sample within the smallest set of probability >= P")
+    g.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    g.add_argument("--json", action="store_true", help="machine-readable output")
+    plugin_option(g)
 
     r = sub.add_parser("report", help="print a report.json as the ledger table")
     r.add_argument("report")
@@ -420,6 +446,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
                          hint="add --energy")
     factors = CarbonFactors.of(args.grid_intensity, args.pue)
     compiled = CompiledModel.load(args.artifact)
+    if args.generate:
+        if args.energy:
+            raise UsageError("--energy measures one inference; --generate times generation",
+                             hint="run them separately")
+        return _bench_generation(compiled, args)
     feeds = random_feeds(compiled.model, seed=args.seed, dims=_parse_dims(args.dim))
     stats = compiled.benchmark(feeds, warmup=args.warmup, repeats=args.repeats)
     energy = carbon = None
@@ -440,6 +471,61 @@ def cmd_bench(args: argparse.Namespace) -> int:
             _out(f"energy: {energy}")
             _out(f"carbon: {carbon.g_per_1k_inferences:.4g} gCO2e per 1k inferences [{energy.label}]; "
                  f"{factors.describe()}")
+    return 0
+
+
+def _bench_generation(compiled: Any, args: argparse.Namespace) -> int:
+    """``greencc bench --generate``."""
+    result = compiled.benchmark_generation(
+        batch=args.batch, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+        runs=args.repeats, warmup=min(args.warmup, 2),
+    )
+    if args.json:
+        _out(json.dumps({**result.to_dict(), "threads": compiled.options.get("threads")}, indent=2))
+        return 0
+    _out(f"{args.artifact}: {result.runs} runs after warm-up, {compiled.options.get('threads')} threads")
+    _out(f"prefill  {result.prefill_ms:.3f} ms (IQR {result.prefill_ms_spread:.3f}) for a {result.prompt_tokens}-token "
+         f"prompt, batch {result.batch}")
+    _out(f"decode   {result.decode_tokens_per_s:.1f} tokens/s (IQR {result.decode_tokens_per_s_spread:.1f}) at batch "
+         f"{result.batch}, {result.new_tokens} new tokens")
+    _out(f"memory   peak RSS {result.peak_rss_mb:.1f} MB")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``greencc generate``."""
+    from greencc.target import CompiledModel
+
+    compiled = CompiledModel.load(args.artifact)
+    tokenizer = None
+    if args.prompt is not None:
+        tokenizer = compiled.tokenizer()
+        ids = tokenizer(args.prompt, add_special_tokens=True)["input_ids"]
+        if not ids:
+            raise UsageError("the prompt encodes to no tokens", hint="give a longer --prompt")
+    else:
+        try:
+            ids = [int(token) for token in args.ids.split(",") if token.strip()]
+        except ValueError:
+            raise UsageError(f"--ids {args.ids!r} is not a comma-separated list of integers",
+                             hint="e.g. --ids 1,15,27") from None
+        if not ids:
+            raise UsageError("--ids names no token", hint="e.g. --ids 1,15,27")
+    result = compiled.generate(
+        [ids], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed,
+    )
+    new = [int(t) for t in result.new_tokens[0]]
+    text = tokenizer.decode(new, skip_special_tokens=True) if tokenizer is not None else None
+    if args.json:
+        _out(json.dumps({
+            "prompt_ids": ids, "new_ids": new, "text": text, "prefill_ms": result.prefill_ms,
+            "decode_tokens_per_s": result.decode_tokens_per_s,
+        }, indent=2))
+        return 0
+    _out(args.prompt + text if text is not None else ",".join(str(t) for t in new))
+    sys.stderr.write(f"[{len(new)} tokens; prefill {result.prefill_ms:.2f} ms for {len(ids)} prompt tokens, "
+                     f"decode {result.decode_tokens_per_s:.1f} tokens/s]\n")
     return 0
 
 
@@ -554,7 +640,7 @@ def _cost_validate(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "compile": cmd_compile, "inspect": cmd_inspect, "passes": cmd_passes, "targets": cmd_targets,
-    "bench": cmd_bench, "report": cmd_report, "repro": cmd_repro, "cost": cmd_cost,
+    "bench": cmd_bench, "generate": cmd_generate, "report": cmd_report, "repro": cmd_repro, "cost": cmd_cost,
 }
 
 

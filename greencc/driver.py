@@ -20,11 +20,12 @@ from greencc.config import CompileConfig, file_sha256
 from greencc.data import CalibrationData, as_calibration
 from greencc.errors import GreenccError, TargetUnavailableError, UnsupportedOpError, UsageError
 from greencc.execution import Executor
+from greencc.frontend.hf import from_pretrained, is_model_directory
 from greencc.frontend.onnx_file import load
 from greencc.instruments.ledger import LedgerInstrument, MeasureModel, new_report
 from greencc.instruments.verify import VerifyInstrument
 from greencc.ir.shapes import symbolic_dims
-from greencc.model import Model
+from greencc.model import DecoderSpec, Model
 from greencc.pipeline.context import PassContext
 from greencc.pipeline.instruments import Instrument
 from greencc.pipeline.manager import PassManager
@@ -33,19 +34,31 @@ from greencc.pipeline.repro import read_reproducer
 from greencc.pipeline.text import Pipeline
 from greencc.report.ledger import Report
 from greencc.target import UNSUPPORTED, CompiledModel, Target, resolve_target
+from greencc.verify.feeds import DECODER_DEFAULT_DIMS
 
 ModelLike = Model | str | os.PathLike | bytes | onnx.ModelProto
 
 
 def as_model(model: ModelLike) -> Model:
-    """A greencc ``Model`` from a Model, a path, bytes or a ModelProto."""
-    return model if isinstance(model, Model) else load(model)
+    """A greencc ``Model`` from a Model, a path (an ONNX file, or a Hugging Face directory,
+    optionally written ``hf:DIR``), bytes or a ModelProto."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, (str, os.PathLike)) and is_model_directory(os.fspath(model).removeprefix("hf:")):
+        return from_pretrained(os.fspath(model).removeprefix("hf:"))
+    return load(model)
 
 
 def resolve_dims(model: Model, dims: Mapping[str, int] | None) -> dict[str, int]:
-    """Bind every symbolic input dim: given values first, 1 for the rest."""
+    """Bind every symbolic input dim: given values first, 1 for the rest. A decoder's
+    ``seq`` and ``past_seq`` default to ``DECODER_DEFAULT_DIMS`` and ``total_seq`` is
+    always their sum."""
     resolved = {name: 1 for name in symbolic_dims(model.ir)}
+    if DecoderSpec.of(model) is not None:
+        resolved.update(DECODER_DEFAULT_DIMS)
     resolved.update({k: int(v) for k, v in (dims or {}).items()})
+    if "total_seq" in resolved and "seq" in resolved and "past_seq" in resolved:
+        resolved["total_seq"] = resolved["seq"] + resolved["past_seq"]
     return resolved
 
 
@@ -316,8 +329,8 @@ def _config_model(config: CompileConfig) -> Model:
     if config.model is None:
         raise UsageError("the compile config names no model", hint="set 'model' to an .onnx path")
     path = _source_file(config.model)
-    if path is None:  # a missing file fails as a model that cannot be loaded
-        return load(config.model.removeprefix("onnx:"))
+    if path is None:  # a directory loads as one; a missing file fails as a model that cannot be loaded
+        return as_model(config.model.removeprefix("onnx:"))
     _check_sha256(path, config.model_sha256, "model")
     return load(path)
 

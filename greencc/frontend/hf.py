@@ -19,10 +19,10 @@ from greencc.model import Model
 
 Task = Literal["text-generation", "feature-extraction"]
 TASKS = ("text-generation", "feature-extraction")
-# Files a tokenizer may consist of; the artifact copies those present next to the model.
+# Files a tokenizer may consist of; artifacts copy those present in the model's directory.
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "vocab.txt",
-    "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json", "config.json",
+    "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
 )
 # Encoder exports trace at this batch and length; both stay symbolic in the graph.
 _ENCODER_TRACE = (2, 8)
@@ -31,6 +31,11 @@ _ENCODER_TRACE = (2, 8)
 def is_model_directory(path: str | os.PathLike) -> bool:
     """True when ``path`` is a directory holding a Hugging Face ``config.json``."""
     return Path(path).is_dir() and (Path(path) / "config.json").is_file()
+
+
+def tokenizer_files(directory: str | os.PathLike) -> list[Path]:
+    """The tokenizer files present in a model directory (empty when it has none)."""
+    return [Path(directory) / name for name in TOKENIZER_FILES if (Path(directory) / name).is_file()]
 
 
 def detect_task(path: str | os.PathLike) -> Task:

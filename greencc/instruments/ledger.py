@@ -9,6 +9,7 @@ import datetime as _dt
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from greencc.model import DecoderSpec
 from greencc.pipeline.instruments import Instrument, PassRecord
 from greencc.report.ledger import PassRow, Report
 
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 
 
 MeasureModel = Callable[["Model", Mapping[str, int]], dict[str, Any]]
+
+# The past a decoder's per-token figures are priced after: a decode step's cost grows with
+# the KV cache it reads, so the figure states the context it holds for.
+DECODE_CONTEXT_TOKENS = 128
 
 
 class LedgerInstrument(Instrument):
@@ -35,11 +40,13 @@ class LedgerInstrument(Instrument):
     def __init__(self, report: Report, measure: MeasureModel | None = None) -> None:
         self.report = report
         self._last_cost: CostEstimate | None = None
+        self._last_step: dict[str, Any] | None = None
         self._measure = measure
         self._last_measured: tuple[int, dict[str, Any]] | None = None
 
     def enter_pipeline(self, model: Model, ctx: PassContext) -> None:
         self._last_cost = self._estimate(model, ctx)
+        self._last_step = self._decode_step(model, ctx)
         row = self._row("(input)", model, PassRecord("(input)", False), ctx)
         self._add_measurement(row, model, ctx, changed=True)
         self.report.rows.append(row)
@@ -49,6 +56,7 @@ class LedgerInstrument(Instrument):
         changed = record.modified and not record.rolled_back
         if changed:
             self._last_cost = self._estimate(model, ctx)
+            self._last_step = self._decode_step(model, ctx)
         row = self._row(record.name, model, record, ctx)
         if previous is not None and self._last_cost is not None:
             row.delta_latency_ms = self._last_cost.latency_ms - previous.latency_ms
@@ -79,6 +87,18 @@ class LedgerInstrument(Instrument):
 
         return estimate_cost(model, ctx.profile, dims=ctx.dims)
 
+    def _decode_step(self, model: Model, ctx: PassContext) -> dict[str, Any] | None:
+        """A decoder's estimated decode step (seq 1 after DECODE_CONTEXT_TOKENS of past)."""
+        if ctx.profile is None or DecoderSpec.of(model) is None:
+            return None
+        from greencc.cost.estimate import estimate_cost
+
+        batch = int(ctx.dims.get("batch", 1))
+        dims = {"batch": batch, "seq": 1, "past_seq": DECODE_CONTEXT_TOKENS, "total_seq": DECODE_CONTEXT_TOKENS + 1}
+        step = estimate_cost(model, ctx.profile, dims=dims)
+        return {"context": DECODE_CONTEXT_TOKENS, "batch": batch, "est_latency_ms": step.latency_ms,
+                "est_energy_mj": step.energy_mj}
+
     def _row(self, name: str, model: Model, record: PassRecord, ctx: PassContext) -> PassRow:
         cost = self._last_cost
         fidelity = record.fidelity.to_dict() if record.fidelity is not None else None
@@ -96,6 +116,7 @@ class LedgerInstrument(Instrument):
             stats=dict(record.stats),
             rolled_back=record.rolled_back,
             energy_method=self.report.energy_method if cost else None,
+            per_token=dict(self._last_step) if self._last_step is not None else None,
         )
 
 

@@ -144,7 +144,18 @@ def render_report(report: Report, width: int = 140) -> str:
                       markup=False)
         for figure in figures:
             console.print("  " + _energy_line(figure), markup=False)
+    per_token = report.per_token_figures()
+    if per_token is not None:
+        console.print(_per_token_line(per_token), markup=False)
     return buffer.getvalue()
+
+
+def _per_token_line(figure: dict) -> str:
+    """The decoder's energy per generated token and carbon per 1k tokens, original -> final."""
+    return (f"per generated token (decode step: seq 1 after {figure['context']} tokens, batch {figure['batch']}): "
+            f"{figure['original_j_per_token']:.4g} -> {figure['final_j_per_token']:.4g} J/token; "
+            f"{figure['original_g_per_1k_tokens']:.4g} -> {figure['final_g_per_1k_tokens']:.4g} gCO2e per 1k tokens "
+            f"[{figure['label']}]")
 
 
 def _simulated_line(sim: dict) -> str:

@@ -48,6 +48,9 @@ class PassRow:
     # reuses the figure of row "same_as_row" (named "same_as"); {"error": why} when the
     # model could not be lowered or run.
     measured: dict[str, Any] | None = None
+    # For a decoder: the estimate of one decode step (seq 1 after "context" tokens, at
+    # "batch" rows): {"context", "batch", "est_latency_ms", "est_energy_mj"} (per step).
+    per_token: dict[str, Any] | None = None
 
     @property
     def total_macs(self) -> int:
@@ -136,6 +139,41 @@ class Report:
             "est_energy_ratio": ratio(first.est_energy_mj, last.est_energy_mj),
             "energy_method": self.energy_method,
             "energy": self.energy_figures(),
+            "per_token": self.per_token_figures(),
+        }
+
+    def per_token_figures(self) -> dict[str, Any] | None:
+        """For a decoder: energy per generated token (J/token) and gCO2e per 1,000 tokens of
+        the original and the final model, at one decode step (seq 1) after ``context``
+        tokens of past, per row of the batch; ``None`` for other models.
+
+        Keys: ``kind`` (``estimate``), ``label``, ``context``, ``batch``,
+        ``original_j_per_token`` / ``final_j_per_token``, ``original_g_per_1k_tokens`` /
+        ``final_g_per_1k_tokens``, ``original_est_tokens_per_s`` / ``final_est_tokens_per_s``.
+        """
+        if not self.rows or self.rows[0].per_token is None or self.rows[-1].per_token is None:
+            return None
+        factors = self.factors()
+        first, last = self.rows[0].per_token, self.rows[-1].per_token
+        batch = last["batch"]
+
+        def joules(step: dict[str, Any]) -> float:
+            return step["est_energy_mj"] * 1e-3 / step["batch"]
+
+        def rate(step: dict[str, Any]) -> float | None:
+            return step["batch"] * 1000.0 / step["est_latency_ms"] if step["est_latency_ms"] else None
+
+        return {
+            "kind": "estimate",
+            "label": self.energy_method,
+            "context": last["context"],
+            "batch": batch,
+            "original_j_per_token": joules(first),
+            "final_j_per_token": joules(last),
+            "original_g_per_1k_tokens": factors.grams(joules(first)) * 1000,
+            "final_g_per_1k_tokens": factors.grams(joules(last)) * 1000,
+            "original_est_tokens_per_s": rate(first),
+            "final_est_tokens_per_s": rate(last),
         }
 
     def factors(self) -> Any:

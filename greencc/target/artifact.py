@@ -27,6 +27,8 @@ from greencc.errors import (
     TargetUnavailableError,
     UsageError,
 )
+from greencc.frontend.hf import TOKENIZER_FILES, tokenizer_files
+from greencc.model import DecoderSpec
 from greencc.target.generation import (
     DecodeSession,
     FeedDecodeSession,
@@ -78,6 +80,9 @@ class CompiledModel:
         self.report = report
         self.profile_name = profile_name
         self.config: CompileConfig | None = None
+        # The directory whose tokenizer files the artifact carries: the Hugging Face folder
+        # the model came from, or the artifact directory it was loaded from.
+        self.tokenizer_directory: Path | None = _source_directory(model)
 
     # -- running -------------------------------------------------------------------------
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -228,6 +233,7 @@ class CompiledModel:
             "signature": self.signature,
             "files": sorted(files),
             "report": REPORT_NAME if self.report is not None else None,
+            "tokenizer": [path.name for path in self._tokenizer_files()] or None,
             "config": self.config.to_dict() if self.config is not None else None,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -254,6 +260,8 @@ class CompiledModel:
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
         try:
             files = self._save_artifact(staging)
+            for path in self._tokenizer_files():
+                shutil.copyfile(path, staging / path.name)
             if self.report is not None:
                 _write_json(staging / REPORT_NAME, self.report.to_dict())
             _write_json(staging / MANIFEST_NAME, self.manifest(files))
@@ -308,11 +316,47 @@ class CompiledModel:
         if manifest.get("report"):
             compiled.report = _load_report(path / REPORT_NAME)
         compiled.config = _manifest_config(path, manifest.get("config"))
+        compiled.tokenizer_directory = path if manifest.get("tokenizer") else None
         return compiled
+
+    def _tokenizer_files(self) -> list[Path]:
+        if self.tokenizer_directory is None:
+            return []
+        return tokenizer_files(self.tokenizer_directory)
+
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer the artifact carries (loaded with transformers).
+
+        Raises :class:`UsageError` when the model came with none (it was not loaded from a
+        Hugging Face directory) or transformers is not installed.
+        """
+        if not self._tokenizer_files():
+            raise UsageError(
+                "this compiled model carries no tokenizer",
+                hint="compile from a Hugging Face directory with tokenizer files, or give token ids",
+            )
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise UsageError("reading the tokenizer needs transformers", hint="pip install transformers") from None
+        try:
+            return AutoTokenizer.from_pretrained(self.tokenizer_directory, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(
+                f"cannot load the tokenizer in {self.tokenizer_directory}: {exc}",
+                hint="the tokenizer files are corrupt or from a newer transformers",
+            ) from None
 
     def __repr__(self) -> str:
         ins = ", ".join(str(s) for s in self.model.inputs)
         return f"<greencc.CompiledModel target={self.target} ({ins}) options={self.options}>"
+
+
+def _source_directory(model: Model) -> Path | None:
+    """The Hugging Face directory ``model`` was exported from, when it still exists."""
+    spec = DecoderSpec.of(model)
+    source = model.provenance.options.get("source_dir") or (spec.source if spec is not None else None)
+    return Path(source) if source and Path(source).is_dir() else None
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -372,9 +416,15 @@ def _manifest_problems(manifest: Any) -> str:
     for key, kind in expected.items():
         if not isinstance(manifest.get(key), kind):
             return f"'{key}' is missing or not a {getattr(kind, '__name__', kind)}"
-    for name in manifest["files"]:
+    tokenizer = manifest.get("tokenizer") or []
+    if not isinstance(tokenizer, list):
+        return "'tokenizer' is not a list of file names"
+    for name in [*manifest["files"], *tokenizer]:
         if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
             return f"artifact file name {name!r} is not a plain file name"
+    for name in tokenizer:
+        if name not in TOKENIZER_FILES:
+            return f"tokenizer file {name!r} is not one greencc copies"
     return ""
 
 

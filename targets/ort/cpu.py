@@ -29,6 +29,7 @@ from greencc.errors import (
 from greencc.frontend.onnx_file import load
 from greencc.ir.io import iter_tensor_protos, save_model, weights_nbytes
 from greencc.ir.traversal import node_label
+from greencc.model import DecoderSpec
 from greencc.target import (
     UNSUPPORTED,
     Availability,
@@ -39,6 +40,7 @@ from greencc.target import (
     node_id,
     register_target,
 )
+from greencc.target.generation import DecodeSession
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -281,6 +283,14 @@ class OrtCompiledModel(CompiledModel):
             raise _runtime_error(exc) from None
         return dict(zip(self._output_names, outputs, strict=True))
 
+    def decode_session(self, batch: int, capacity: int) -> DecodeSession:
+        """An IO-bound session with preallocated KV buffers when the graph's signature is the
+        float32 decoder contract; the generic session otherwise."""
+        spec = DecoderSpec.of(self.model)
+        if spec is not None and _binds_float32_cache(self.session, spec):
+            return IoBoundDecodeSession(self.session, spec, batch, capacity)
+        return super().decode_session(batch, capacity)
+
     def with_options(self, **options: Any) -> OrtCompiledModel:
         """A copy with a new session built with changed ``threads`` / ``optimization``."""
         checked = OrtCpu(**{**self.options, **options}).options
@@ -318,6 +328,80 @@ class OrtCompiledModel(CompiledModel):
             profile_name=manifest.get("profile"),
             source_path=directory / MODEL_FILE if has_data else None,
         )
+
+
+class IoBoundDecodeSession:
+    """Decode steps through ONNX Runtime's IO binding, without per-token allocation.
+
+    Every past/present pair owns two float32 buffers sized for ``capacity`` tokens, used in
+    turn: a step reads the past from one and ONNX Runtime writes the present straight into
+    the other, each viewed as a contiguous [batch, kv_heads, length, head_dim] tensor. The
+    logits land in a buffer sized for the longest step. The graph still copies the past into
+    the present (its Concat); only the allocations and copies around the session are gone.
+    """
+
+    def __init__(self, session: Any, spec: DecoderSpec, batch: int, capacity: int) -> None:
+        self._session = session
+        self._spec = spec
+        self._batch = batch
+        self._binding = session.io_binding()
+        kv_size = batch * spec.num_kv_heads * capacity * spec.head_dim
+        self._kv = [
+            (np.empty(kv_size, dtype=np.float32), np.empty(kv_size, dtype=np.float32))
+            for _ in spec.past_names()
+        ]
+        self._kv_pointers = [(first.ctypes.data, second.ctypes.data) for first, second in self._kv]
+        self._logits = np.empty(0, dtype=np.float32)
+        self._capacity = capacity
+        self._past_len = 0
+        self._turn = 0
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
+        """See :class:`greencc.target.generation.DecodeSession`."""
+        spec, batch, binding = self._spec, self._batch, self._binding
+        seq = input_ids.shape[1]
+        total = self._past_len + seq
+        if total > self._capacity:
+            raise UsageError(
+                f"the decode session holds {self._capacity} tokens, this step needs {total}",
+                hint="open the session with a larger capacity",
+            )
+        logits_size = batch * seq * spec.vocab_size
+        if self._logits.size < logits_size:
+            self._logits = np.empty(logits_size, dtype=np.float32)
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+        past_shape = [batch, spec.num_kv_heads, self._past_len, spec.head_dim]
+        present_shape = [batch, spec.num_kv_heads, total, spec.head_dim]
+        for pointers, past, present in zip(self._kv_pointers, spec.past_names(), spec.present_names(), strict=True):
+            source, dest = pointers[self._turn], pointers[1 - self._turn]
+            binding.bind_input(past, "cpu", 0, np.float32, past_shape, source)
+            binding.bind_output(present, "cpu", 0, np.float32, present_shape, dest)
+        binding.bind_output(
+            "logits", "cpu", 0, np.float32, [batch, seq, spec.vocab_size], self._logits.ctypes.data
+        )
+        try:
+            self._session.run_with_iobinding(binding)
+        except Exception as exc:
+            if not _is_ort_error(exc):
+                raise
+            raise _runtime_error(exc) from None
+        self._past_len = total
+        self._turn = 1 - self._turn
+        logits = self._logits[:logits_size].reshape(batch, seq, spec.vocab_size)
+        return logits[:, -1, :].copy()
+
+
+def _binds_float32_cache(session: Any, spec: DecoderSpec) -> bool:
+    """True when the session's inputs and outputs are the decoder contract's, KV and logits
+    in float32, so that they can be bound to greencc's buffers."""
+    inputs = {value.name: value.type for value in session.get_inputs()}
+    outputs = {value.name: value.type for value in session.get_outputs()}
+    floats = [*(inputs.get(n) for n in spec.past_names()), *(outputs.get(n) for n in spec.present_names()),
+              outputs.get("logits")]
+    ints = [inputs.get(n) for n in ("input_ids", "attention_mask", "position_ids")]
+    return all(t == "tensor(float)" for t in floats) and all(t == "tensor(int64)" for t in ints)
 
 
 @register_target("ort-cpu")
@@ -456,4 +540,4 @@ def _runtime_error(exc: BaseException) -> GreenccError:
     )
 
 
-__all__ = ["OrtCpu", "OrtCompiledModel", "unsupported_reason"]
+__all__ = ["IoBoundDecodeSession", "OrtCpu", "OrtCompiledModel", "unsupported_reason"]
