@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from greencc.pipeline.base import PassGroup, register_pass
+from greencc.pipeline.base import register_pass
+from greencc.pipeline.group import PassGroup
 
 
 @register_pass("cleanup")

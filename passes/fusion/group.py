@@ -3,7 +3,8 @@ ones before it produced. ``-O2`` is ``cleanup,fuse,dce``."""
 
 from __future__ import annotations
 
-from greencc.pipeline.base import PassGroup, register_pass
+from greencc.pipeline.base import register_pass
+from greencc.pipeline.group import PassGroup
 
 
 @register_pass("fuse")
