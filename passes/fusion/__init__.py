@@ -10,6 +10,7 @@ from . import (  # noqa: F401
     activation,
     attention,
     conv_folding,
+    decoder_attention,
     gelu,
     gemm,
     group,
