@@ -57,7 +57,7 @@ class TrainConfig:
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 30
-    max_steps: int = 480
+    max_steps: int = 240
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     eval_every: int = 40
