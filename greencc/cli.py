@@ -488,7 +488,8 @@ def _bench_generation(compiled: Any, args: argparse.Namespace) -> int:
          f"prompt, batch {result.batch}")
     _out(f"decode   {result.decode_tokens_per_s:.1f} tokens/s (IQR {result.decode_tokens_per_s_spread:.1f}) at batch "
          f"{result.batch}, {result.new_tokens} new tokens")
-    _out(f"memory   peak RSS {result.peak_rss_mb:.1f} MB")
+    if result.peak_rss_mb is not None:
+        _out(f"memory   peak RSS {result.peak_rss_mb:.1f} MB")
     return 0
 
 

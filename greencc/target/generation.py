@@ -9,8 +9,6 @@ with IO binding and preallocated KV buffers.
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from greencc.errors import UsageError
+from greencc.measure.memory import peak_rss_mb
 from greencc.model import DecoderSpec
 
 if TYPE_CHECKING:
@@ -138,27 +137,26 @@ def decoder_spec_or_raise(compiled: CompiledModel) -> DecoderSpec:
 def prompt_arrays(
     input_ids: Any, attention_mask: Any | None, pad_token_id: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``input_ids`` (a list of ids, a list of lists of possibly different lengths, or an
-    array [batch, seq]) as left-padded int64 ids and their attention mask."""
-    if isinstance(input_ids, np.ndarray) or (
-        isinstance(input_ids, Sequence) and input_ids and not isinstance(input_ids[0], (Sequence, np.ndarray))
-    ):
-        ids = np.asarray(input_ids)
-        ids = ids[None, :] if ids.ndim == 1 else ids
-    elif isinstance(input_ids, Sequence) and input_ids:
-        rows = [np.asarray(row, dtype=np.int64).reshape(-1) for row in input_ids]
+    """``input_ids`` (a list of ids, a list of lists of any lengths, or an array [batch, seq])
+    as int64 ids [batch, seq] and their attention mask; lists of lists are left-padded
+    here. Raises :class:`UsageError` for empty prompts, a mask of another shape or a right pad."""
+    rows = input_ids if isinstance(input_ids, Sequence) else None
+    if rows and all(isinstance(row, (Sequence, np.ndarray)) for row in rows):
+        rows = [np.asarray(row, dtype=np.int64).reshape(-1) for row in rows]
+        if any(len(row) == 0 for row in rows):
+            raise UsageError("every prompt needs at least one token", hint="drop the empty prompt")
         width = max(len(row) for row in rows)
         ids = np.full((len(rows), width), pad_token_id, dtype=np.int64)
-        generated_mask = np.zeros((len(rows), width), dtype=np.int64)
+        padded_mask = np.zeros((len(rows), width), dtype=np.int64)
         for index, row in enumerate(rows):
-            if len(row):
-                ids[index, width - len(row):] = row
-                generated_mask[index, width - len(row):] = 1
+            ids[index, width - len(row):] = row
+            padded_mask[index, width - len(row):] = 1
         if attention_mask is None:
-            attention_mask = generated_mask
+            attention_mask = padded_mask
     else:
         ids = np.asarray(input_ids)
-    if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1 or ids.dtype.kind not in "iu":
+        ids = ids[None, :] if ids.ndim == 1 else ids
+    if ids.ndim != 2 or 0 in ids.shape or ids.dtype.kind not in "iu":
         raise UsageError(
             f"input_ids must be integer token ids [batch, seq] with at least one token, got shape "
             f"{list(ids.shape)} of {ids.dtype}",
@@ -243,7 +241,7 @@ def generate(
 class GenerationBenchmark:
     """Generation speed: prefill latency (ms, median over runs) at ``prompt_tokens``, decode
     throughput (tokens/s over the batch, median) at ``batch``, and peak resident memory of
-    this process (MB) after the runs."""
+    this process (MB) after the runs (``None`` where the platform does not report it)."""
 
     batch: int
     prompt_tokens: int
@@ -252,7 +250,7 @@ class GenerationBenchmark:
     prefill_ms_spread: float
     decode_tokens_per_s: float
     decode_tokens_per_s_spread: float
-    peak_rss_mb: float
+    peak_rss_mb: float | None
     runs: int
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,13 +294,6 @@ def benchmark_generation(
         peak_rss_mb=peak_rss_mb(),
         runs=runs,
     )
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MB (10^6 bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports kilobytes, macOS bytes.
-    return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
 
 
 def _iqr(values: list[float]) -> float:

@@ -142,6 +142,7 @@ def test_generation_benchmark_reports_speed_and_memory() -> None:
         (lambda c: c.generate([[1, 2]], 2.5), "max_new_tokens=2.5"),
         (lambda c: c.generate([[1, 999]], 2), r"token ids must lie in \[0, 128\)"),
         (lambda c: c.generate([[]], 2), "at least one token"),
+        (lambda c: c.generate([[1, 2], []], 2), "at least one token"),
         (lambda c: c.generate(np.array([[1, 2]]), 2, attention_mask=np.array([[1, 0]])), "left-padded"),
         (lambda c: c.generate([[1, 2]], 2, temperature=-1), "temperature=-1.0"),
         (lambda c: c.generate([[1, 2]], 2, temperature=1, top_p=1.5), "top_p=1.5"),
