@@ -256,7 +256,8 @@ def decoder_directory(family: str, directory: Path) -> Path:
 def byte_level_tokenizer() -> Any:
     """A transformers fast tokenizer over ASCII characters (id = code point, 3-127) with
     ``<pad>`` = 0, ``<s>`` = 1, ``</s>`` = 2."""
-    from tokenizers import Tokenizer, models as tk_models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers import models as tk_models
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}

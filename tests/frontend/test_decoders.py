@@ -85,7 +85,7 @@ def _greencc_steps(compiled, spec, prompt, mask, tokens):
         mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)
         positions = positions[:, -1:] + 1
         feeds = {"input_ids": tokens[step][:, None], "attention_mask": mask, "position_ids": positions,
-                 **{past: outputs[present] for past, present in zip(spec.past_names(), spec.present_names())}}
+                 **{past: outputs[present] for past, present in zip(spec.past_names(), spec.present_names(), strict=True)}}
     return results
 
 
