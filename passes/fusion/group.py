@@ -14,13 +14,15 @@ class Fuse(PassGroup):
     Rewrites: those of its members, in this order:
       fold-batchnorm, fold-conv-scale, fold-conv-bias, fold-pad   per-channel affine maps and pads -> Conv
       fuse-layernorm, fuse-gelu          primitive forms -> LayerNormalization / Gelu
+      fuse-rmsnorm, fuse-rotary          RMSNorm -> SimplifiedLayerNormalization; RoPE -> RotaryEmbedding
+      fuse-decoder-attention             attention with a KV cache -> GroupQueryAttention / MultiHeadAttention
       fuse-attention                     self-attention blocks -> Attention
-      fuse-embed-layernorm, fuse-skip-layernorm   sums around LayerNormalization -> contrib ops
+      fuse-embed-layernorm, fuse-skip-layernorm, fuse-skip-rmsnorm   sums around the norms -> contrib ops
       fuse-bias-gelu                     Add + Gelu -> BiasGelu / FastGelu
       fuse-matmul-add, fuse-activation   MatMul+Add -> Gemm; Conv/Gemm+activation -> FusedConv/FusedGemm
 
-    LayerNorm and GELU are formed before the ops built from them (skip/embed LayerNorm,
-    bias-GELU); attention takes its Q/K/V Adds before the skip-LayerNorm and Gemm fusions
+    LayerNorm, RMSNorm, GELU and RotaryEmbedding are formed before the ops built from them
+    (skip/embed norms, bias-GELU, decoder attention, which re-applies the rotary); attention takes its Q/K/V Adds before the skip-LayerNorm and Gemm fusions
     could claim them; Gemm is formed before the activation fusion so it can use FusedGemm.
     Contrib ops appear only where the target runs them; run dce afterwards to drop the
     weights the folds replaced.
@@ -29,6 +31,7 @@ class Fuse(PassGroup):
     lossy = False
     members = (
         "fold-batchnorm,fold-conv-scale,fold-conv-bias,fold-pad,"
-        "fuse-layernorm,fuse-gelu,fuse-attention,fuse-embed-layernorm,fuse-skip-layernorm,"
+        "fuse-layernorm,fuse-gelu,fuse-rmsnorm,fuse-rotary,fuse-decoder-attention,fuse-attention,"
+        "fuse-embed-layernorm,fuse-skip-layernorm,fuse-skip-rmsnorm,"
         "fuse-bias-gelu,fuse-matmul-add,fuse-activation"
     )
