@@ -20,10 +20,22 @@ from greencc.data import is_decoder
 from greencc.errors import UsageError
 from greencc.ir import inherit_provenance
 from greencc.model import Model
-from greencc.passes.lib.graph_edits import NameScope, constant_tensor, new_initializer, redirect, remove_node
+from greencc.passes.lib.graph_edits import (
+    NameScope,
+    constant_tensor,
+    new_initializer,
+    redirect,
+    remove_node,
+)
 from greencc.pipeline.base import Pass, PassResult, register_pass
 from greencc.pipeline.context import PassContext
-from greencc.quant.blockwise import BlockQuantized, check_layout, pack_matmul_nbits, quantize_embedding, quantize_rtn
+from greencc.quant.blockwise import (
+    BlockQuantized,
+    check_layout,
+    pack_matmul_nbits,
+    quantize_embedding,
+    quantize_rtn,
+)
 from greencc.quant.gptq import collect_hessians, quantize_gptq
 from greencc.quant.sensitivity import LayerSensitivity, SensitivityReport, choose_float_layers
 from greencc.verify.feeds import random_feeds

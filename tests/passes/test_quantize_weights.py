@@ -114,16 +114,19 @@ def toy_calibration(model: gc.Model, count: int = 8, batch: int = 2, seed: int =
     return CalibrationData.from_token_ids(rows, model, batch_size=batch)
 
 
-MATMUL = """
+def _literal(seed: int, count: int) -> str:
+    return ", ".join(f"{v:.4f}" for v in np.random.default_rng(seed).standard_normal(count) * 0.2)
+
+
+MATMUL = f"""
 <ir_version: 10, opset_import: ["" : 17]>
 g (float[N, 64] x, float[64, 16] w_in) => (float[N, 16] y, float[N, 16] z)
-<float[64, 16] w = {%s}, float[48, 16] odd = {%s}>
-{
+<float[64, 16] w = {{{_literal(0, 64 * 16)}}}, float[48, 16] odd = {{{_literal(1, 48 * 16)}}}>
+{{
   y = MatMul(x, w)
   z = MatMul(x, w_in)
-}
-""" % (", ".join(f"{v:.4f}" for v in np.random.default_rng(0).standard_normal(64 * 16) * 0.2),
-       ", ".join(f"{v:.4f}" for v in np.random.default_rng(1).standard_normal(48 * 16) * 0.2))
+}}
+"""
 
 
 def _feeds(n: int = 5, seed: int = 3) -> dict[str, np.ndarray]:
