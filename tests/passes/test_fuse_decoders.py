@@ -1,0 +1,139 @@
+"""Decoders with a KV cache at -O2: every attention block becomes GroupQueryAttention (grouped
+KV heads) or MultiHeadAttention, every RMSNorm a (Skip)SimplifiedLayerNormalization, every
+rotary embedding a RotaryEmbedding; prefill plus four decode steps match PyTorch within 1e-4."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import greencc as gc
+from tests import models
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+TOLERANCE = 1e-4
+DECODE_STEPS = 4
+LAYERS = 2
+# family -> (fused attention op, RMSNorms, rotary embeddings: one on Q and one on K per layer)
+EXPECTED = {
+    "gpt2": ("MultiHeadAttention", 0, 0),
+    "opt": ("MultiHeadAttention", 0, 0),
+    "llama": ("GroupQueryAttention", 2 * LAYERS + 1, 2 * LAYERS),
+    "mistral": ("GroupQueryAttention", 2 * LAYERS + 1, 2 * LAYERS),
+    "qwen2": ("GroupQueryAttention", 2 * LAYERS + 1, 2 * LAYERS),
+    "phi": ("MultiHeadAttention", 0, 2 * LAYERS),
+}
+RMSNORM_OPS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization")
+
+
+def _perturbed_norms(family: str):
+    """The tiny ``family`` decoder with seeded random norm weights (random init leaves them
+    at one, which the exporter folds away), so the fused norms carry a real γ."""
+    module = copy.deepcopy(models.decoder_module(family))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if "norm" in name or ".ln_" in name or "layer_norm" in name:
+                parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
+    return module
+
+
+def _torch_steps(module, prompt, mask, tokens):
+    from transformers.cache_utils import DynamicCache
+
+    cache = DynamicCache()
+    positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)
+    results = []
+    with torch.no_grad():
+        for step in range(len(tokens) + 1):
+            ids = prompt if step == 0 else tokens[step - 1][:, None]
+            out = module(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                         position_ids=torch.tensor(positions), cache=cache, use_cache=True)
+            results.append(out.logits.numpy())
+            mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)
+            positions = positions[:, -1:] + 1
+    return results
+
+
+def _greencc_steps(compiled, spec, prompt, mask, tokens):
+    positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)
+    past = dict.fromkeys(spec.past_names(), np.zeros((prompt.shape[0], spec.num_kv_heads, 0, spec.head_dim),
+                                                      np.float32))
+    results = []
+    for step in range(len(tokens) + 1):
+        ids = prompt if step == 0 else tokens[step - 1][:, None]
+        outputs = compiled({"input_ids": ids, "attention_mask": mask, "position_ids": positions, **past})
+        results.append(outputs["logits"])
+        past = {name: outputs[present] for name, present in zip(spec.past_names(), spec.present_names(), strict=True)}
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)
+        positions = positions[:, -1:] + 1
+    return results
+
+
+def _prompts(spec):
+    rng = np.random.default_rng(1)
+    prompt = rng.integers(3, spec.vocab_size, (2, 6)).astype(np.int64)
+    mask = np.ones_like(prompt)
+    mask[1, :2] = 0  # the second prompt is two tokens shorter, left-padded
+    tokens = [rng.integers(3, spec.vocab_size, 2).astype(np.int64) for _ in range(DECODE_STEPS)]
+    return prompt, mask, tokens
+
+
+def _assert_steps_match(module, compiled, spec) -> None:
+    prompt, mask, tokens = _prompts(spec)
+    expected = _torch_steps(module, prompt, mask, tokens)
+    got = _greencc_steps(compiled, spec, prompt, mask, tokens)
+    attended = mask.astype(bool)  # left-padding rows attend to nothing; their logits are discarded
+    np.testing.assert_allclose(got[0][attended], expected[0][attended], atol=TOLERANCE, rtol=0)
+    for step in range(1, DECODE_STEPS + 1):
+        np.testing.assert_allclose(got[step], expected[step], atol=TOLERANCE, rtol=0, err_msg=f"step {step}")
+
+
+@pytest.mark.parametrize("family", models.DECODER_FAMILIES)
+def test_o2_fuses_every_block_and_matches_pytorch_over_four_decode_steps(family) -> None:
+    module = _perturbed_norms(family)
+    model = gc.from_torch(module)
+    spec = gc.DecoderSpec.of(model)
+    before = Counter(node.op_type for node in model.graph)
+    compiled = gc.compile(model, target="ort-cpu", pipeline="-O2")
+    ops = Counter(node.op_type for node in compiled.model.graph)
+    attention, rmsnorms, rotaries = EXPECTED[family]
+    assert ops[attention] == spec.num_layers == LAYERS
+    assert ops["Softmax"] == 0 and ops["ReduceMean"] == 0 and ops["Neg"] == 0
+    assert sum(ops[op] for op in RMSNORM_OPS) == rmsnorms
+    assert ops["RotaryEmbedding"] == rotaries
+    for node in compiled.model.graph:  # the perturbed γ went into the fused norms
+        if node.op_type in RMSNORM_OPS:
+            gamma = node.inputs[1 if node.op_type == "SimplifiedLayerNormalization" else 2].const_value.numpy()
+            assert not np.allclose(gamma, 1.0)
+    assert before["Softmax"] == LAYERS  # the export had one unfused block per layer
+    assert [v.name for v in compiled.model.graph.inputs] == [v.name for v in model.graph.inputs]
+    assert [v.name for v in compiled.model.graph.outputs] == [v.name for v in model.graph.outputs]
+    _assert_steps_match(module, compiled, spec)
+
+
+def test_the_fuse_row_counts_each_fusion() -> None:
+    compiled = gc.compile(models.decoder_model("llama"), target="ort-cpu", pipeline="-O2")
+    fuse = next(row for row in compiled.report.rows if row.name == "fuse")
+    assert fuse.stats["fuse-decoder-attention.fused"] == LAYERS
+    assert fuse.stats["fuse-rotary.fused"] == 2 * LAYERS
+    assert fuse.stats["fuse-rmsnorm.fused"] == 2 * LAYERS + 1
+    assert fuse.stats["fuse-skip-rmsnorm.fused"] == 2 * LAYERS
+    assert fuse.stats["fuse-decoder-attention.activation_bytes_removed"] > 0
+
+
+def test_a_target_without_the_ops_keeps_the_decoder_unfused() -> None:
+    model = models.decoder_model("llama")
+    fused, report = gc.optimize(model, "fuse", target=None)
+    ops = Counter(node.op_type for node in fused.graph)
+    assert ops["GroupQueryAttention"] == 0 and ops["SimplifiedLayerNormalization"] == 0
+    reasons = {m["pass"]: m["reason"] for m in report.near_misses}
+    assert "no target is set" in reasons["fuse-rmsnorm"]
+    assert "no target is set" in reasons["fuse-rotary"]
