@@ -51,4 +51,8 @@ def test_int8_fallback_counts_the_loss_of_pruning_before_it():
     prune, int8 = report.rows[1], report.rows[2]
     assert prune.modified and prune.fidelity["cosine_min"] < 0.999
     assert int8.rolled_back is None
-    assert int8.stats["sensitivity.min_cosine_all_int8"] <= prune.fidelity["cosine_min"] + 1e-4
+    # Judged against its own input, all-int8 scores 0.9999 here; judged against
+    # the pipeline's input it carries the pruning's loss. int8's rounding can move it a
+    # little either way (up by 3e-4 on an AMD EPYC), so the bound is a tenth of that loss.
+    pruning_loss = 1.0 - prune.fidelity["cosine_min"]
+    assert abs(int8.stats["sensitivity.min_cosine_all_int8"] - prune.fidelity["cosine_min"]) <= 0.1 * pruning_loss
