@@ -11,8 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from greencc.cost.profile import HardwareProfile
 from greencc.errors import UsageError
 from greencc.execution import Executor, VerificationReference
+from greencc.ir.traversal import node_label
+from greencc.target import resolve_target
+from greencc.verify.fidelity import FidelityBudget
 
 if TYPE_CHECKING:
     from greencc.config import CompileConfig
@@ -68,8 +72,6 @@ class PassContext:
         config: CompileConfig | None = None,
         executor: Executor | None = None,
     ) -> None:
-        from greencc.target import resolve_target
-        from greencc.verify.fidelity import FidelityBudget
 
         self.target = resolve_target(target) if target is not None else None
         self.profile = _resolve_profile(profile, self.target)
@@ -122,7 +124,6 @@ class PassContext:
     # -- diagnostics -----------------------------------------------------------------
     def record_near_miss(self, pass_name: str, node: Any, reason: str) -> None:
         """Note that ``pass_name`` declined at ``node`` because of ``reason``."""
-        from greencc.ir.traversal import node_label
 
         label = node if isinstance(node, str) else node_label(node)
         self.near_misses.append(NearMiss(pass_name, label, reason))
@@ -142,7 +143,6 @@ def register_analysis(name: str) -> Callable[[Callable[[Model, PassContext], Any
 
 
 def _resolve_profile(profile: Any, target: Any) -> Any:
-    from greencc.cost.profile import HardwareProfile
 
     if isinstance(profile, HardwareProfile):
         return profile

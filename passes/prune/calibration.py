@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from greencc.data import as_calibration
 from greencc.model import Model
 from greencc.pipeline.context import PassContext
 from greencc.verify.feeds import random_feeds
@@ -22,11 +23,7 @@ def scoring_samples(model: Model, ctx: PassContext, limit: int) -> tuple[list[di
     (``"calibration"`` or ``"random"``)."""
     calibration = ctx.calibration
     if calibration is not None:
-        try:
-            from greencc.data import as_calibration  # type: ignore[attr-defined]
-        except ImportError:
-            as_calibration = None
-        source = as_calibration(calibration, model) if as_calibration is not None else calibration
+        source = as_calibration(calibration, model)
         samples = []
         for feeds in source:
             samples.append(model.check_feeds(feeds))

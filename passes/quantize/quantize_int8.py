@@ -13,11 +13,15 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from greencc.cost.estimate import estimate_cost
+from greencc.data import as_calibration
 from greencc.errors import UsageError
 from greencc.model import Model
 from greencc.pipeline.base import Pass, PassResult, register_pass
 from greencc.pipeline.context import PassContext
+from greencc.quant import collect_abs_max, collect_ranges, quant_params
 from greencc.quant.sensitivity import LayerSensitivity, SensitivityReport, choose_float_layers
+from greencc.verify.feeds import random_feeds
 from greencc.verify.fidelity import Fidelity, FidelityBudget, measure_fidelity
 
 from .emit import Emitter, QuantizedWeight, quantize_weight
@@ -156,7 +160,6 @@ class QuantPlan:
     def _find_outliers(self, sites: Sequence[QuantSite]) -> None:
         """Input channels of MatMul/Gemm sites whose max |x| over the calibration data
         exceeds ``outlier_ratio`` × the median channel's (at most MAX_OUTLIERS per site)."""
-        from greencc.quant import collect_abs_max
 
         candidates = [s for s in sites if s.kind in ("MatMul", "Gemm")]
         if not candidates:
@@ -175,8 +178,6 @@ class QuantPlan:
 
     # -- static ranges -------------------------------------------------------------------
     def _calibrate(self, sites: Sequence[QuantSite]) -> None:
-        from greencc.data import as_calibration
-        from greencc.quant import collect_ranges, quant_params
 
         if self.ctx.calibration is None:
             raise UsageError(
@@ -236,11 +237,9 @@ class QuantPlan:
         """The feeds sensitivity is scored on: the calibration data, else seeded random feeds."""
         if self._samples is None:
             if self.ctx.calibration is not None:
-                from greencc.data import as_calibration
 
                 self._samples = list(as_calibration(self.ctx.calibration, self.original).batches())
             else:
-                from greencc.verify.feeds import random_feeds
 
                 self._samples = [random_feeds(self.original, seed=self.ctx.seed + i, dims=self.ctx.dims)
                                  for i in range(RANDOM_SAMPLES)]
@@ -296,7 +295,6 @@ class QuantPlan:
         if self._energy is None:
             self._energy = {}
             if self.ctx.profile is not None:
-                from greencc.cost.estimate import estimate_cost
 
                 before = estimate_cost(self.original, self.ctx.profile, dims=self.ctx.dims)
                 after = estimate_cost(self.build(frozenset()), self.ctx.profile, dims=self.ctx.dims)

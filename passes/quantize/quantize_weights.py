@@ -16,7 +16,8 @@ from typing import ClassVar, Literal
 import numpy as np
 import onnx_ir as ir
 
-from greencc.data import is_decoder
+from greencc.cost.estimate import estimate_cost
+from greencc.data import as_calibration, is_decoder
 from greencc.errors import UsageError
 from greencc.ir import inherit_provenance
 from greencc.model import Model
@@ -269,7 +270,6 @@ class WeightPlan:
         samples, else seeded random feeds."""
         if self._samples is None:
             if self.ctx.calibration is not None:
-                from greencc.data import as_calibration
 
                 self._samples = as_calibration(self.ctx.calibration, self.original).batches()
             elif self.ctx.reference.ready:
@@ -389,7 +389,6 @@ class WeightPlan:
         if self._energy is None:
             self._energy = {}
             if self.ctx.profile is not None:
-                from greencc.cost.estimate import estimate_cost
 
                 before = estimate_cost(self.original, self.ctx.profile, dims=self.ctx.dims)
                 after = estimate_cost(self.build(frozenset()), self.ctx.profile, dims=self.ctx.dims)
