@@ -198,7 +198,6 @@ def estimate_cost(
 
 
 def _ir_model_of(model: Any) -> ir.Model:
-
     if isinstance(model, Model):
         return model.ir
     if isinstance(model, ir.Model):

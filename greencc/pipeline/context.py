@@ -72,7 +72,6 @@ class PassContext:
         config: CompileConfig | None = None,
         executor: Executor | None = None,
     ) -> None:
-
         self.target = resolve_target(target) if target is not None else None
         self.profile = _resolve_profile(profile, self.target)
         self.calibration = calibration
@@ -143,7 +142,6 @@ def register_analysis(name: str) -> Callable[[Callable[[Model, PassContext], Any
 
 
 def _resolve_profile(profile: Any, target: Any) -> Any:
-
     if isinstance(profile, HardwareProfile):
         return profile
     if isinstance(profile, str):

@@ -223,7 +223,6 @@ def target_int8_kernels(target: object | None) -> frozenset[str]:
 
 
 def _claims(target: object, op: str) -> bool:
-
     model = Model(_probe_model(op))
     try:
         partitions = target.capability(model)  # type: ignore[attr-defined]

@@ -178,7 +178,6 @@ class QuantPlan:
 
     # -- static ranges -------------------------------------------------------------------
     def _calibrate(self, sites: Sequence[QuantSite]) -> None:
-
         if self.ctx.calibration is None:
             raise UsageError(
                 "quantize-int8{mode=static} needs calibration data to choose activation ranges",

@@ -178,7 +178,6 @@ class AsicCompiledModel(CompiledModel):
                           compile_s=self.compile_s)
 
     def _save_artifact(self, directory: Path) -> list[str]:
-
         if shutil.which("g++") is None and shutil.which("gcc") is None:
             raise UsageError("saving an asic-int8 model needs a C compiler to link the host library",
                              hint="install gcc (e.g. apt-get install gcc)")

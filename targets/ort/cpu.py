@@ -308,7 +308,6 @@ class OrtCompiledModel(CompiledModel):
 
     @classmethod
     def _load_artifact(cls, directory: Path, manifest: dict[str, Any]) -> OrtCompiledModel:
-
         for name in manifest["files"]:
             if not (directory / name).is_file():
                 raise ModelLoadError(

@@ -251,7 +251,6 @@ class TvmAarch64CompiledModel(CompiledModel):
             self._runner = None
 
     def _save_artifact(self, directory: Path) -> list[str]:
-
         shutil.copyfile(self.library.path, directory / LIBRARY_FILE)
         check_aarch64_elf(directory / LIBRARY_FILE)
         save_model(self.model.ir, directory / MODEL_FILE)
@@ -262,7 +261,6 @@ class TvmAarch64CompiledModel(CompiledModel):
 
     @classmethod
     def _load_artifact(cls, directory: Path, manifest: dict[str, Any]) -> TvmAarch64CompiledModel:
-
         meta, spec = read_artifact_meta(directory, manifest)
         if not str(spec.get("mtriple", "")).startswith("aarch64"):
             raise ModelLoadError(f"{directory / TARGET_FILE} does not describe an AArch64 target", hint="compile again")
