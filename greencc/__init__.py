@@ -57,7 +57,7 @@ _LAZY: dict[str, str] = {
 _ERRORS = (
     "GreenccError", "UsageError", "ModelLoadError", "UnsupportedOpError", "ExportError",
     "VerificationError", "PassFailedError", "TargetUnavailableError", "InputMismatchError",
-    "PassError",
+    "PassError", "SystemResourceError",
 )
 for _name in _ERRORS:
     _LAZY[_name] = "greencc.errors"

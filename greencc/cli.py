@@ -7,14 +7,18 @@ in ``greencc --help``; no traceback unless ``GREENCC_DEBUG=1``.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import logging
 import os
 import sys
+import unicodedata
+import warnings
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from greencc.errors import EXIT_CODES, GreenccError, UsageError
+from greencc.errors import EXIT_CODES, GreenccError, SystemResourceError, UsageError
 
 EPILOG = """\
 examples:
@@ -43,6 +47,28 @@ exit status:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors use exit status 2
         raise UsageError(f"{message}", hint=f"see `{self.prog} --help`")
+
+
+def _threads_arg(text: str) -> int:
+    """``--threads``: an integer in [1, usable cores x 4]."""
+    from greencc.config import check_threads
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid thread count {text!r}") from None
+    return check_threads(value, "--threads")
+
+
+def _seed_arg(text: str) -> int:
+    """``--seed``: an integer in [0, 2**32 - 1]."""
+    from greencc.config import check_seed
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}") from None
+    return check_seed(value, "--seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="artifact directory to write")
     c.add_argument("--calib", metavar="NPZ", help=".npz of arrays named after the model inputs (samples on axis 0)")
     c.add_argument("--budget", metavar="SPEC", help="fidelity budget for lossy passes, e.g. cos=0.99")
-    c.add_argument("--threads", type=int, help="intra-op threads of the compiled model")
+    c.add_argument("--threads", type=_threads_arg, help="intra-op threads of the compiled model")
     c.add_argument("--target-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the target, repeatable (e.g. -t tvm-llvm --target-option tune_budget_s=600; "
                    "`greencc targets` lists each target's options)")
@@ -120,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--repro-dir", metavar="DIR", default=None,
                    help="where a failing pass writes its reproducer (default: OUTDIR's parent)")
     c.add_argument("--report-json", metavar="PATH", help="also write the report JSON here")
-    c.add_argument("--seed", type=int, help="seed of random verification inputs (default 0)")
+    c.add_argument("--seed", type=_seed_arg, help="seed of random verification inputs (default 0)")
     c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     dims_option(c)
     plugin_option(c)
@@ -148,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("artifact", help="a directory written by `greencc compile`")
     b.add_argument("--repeats", type=int, default=50)
     b.add_argument("--warmup", type=int, default=10)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=_seed_arg, default=0)
     b.add_argument("--json", action="store_true")
     b.add_argument("--energy", action="store_true",
                    help="also measure energy per inference (RAPL/NVML where readable, else a labelled estimate)")
@@ -174,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default); above 0 samples")
     g.add_argument("--top-k", type=int, help="sample among the K most likely tokens")
     g.add_argument("--top-p", type=float, help="sample within the smallest set of probability >= P")
-    g.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    g.add_argument("--seed", type=_seed_arg, default=0, help="seed of the sampling (default 0)")
     g.add_argument("--json", action="store_true", help="machine-readable output")
     plugin_option(g)
 
@@ -202,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "$GREENCC_CACHE_DIR (default ~/.cache/greencc)/profiles, where `-t TARGET` then uses it.",
         epilog="example: greencc cost calibrate -t ort-cpu --threads 2")
     cal.add_argument("-t", "--target", default="ort-cpu", help="target to calibrate (default ort-cpu)")
-    cal.add_argument("--threads", type=int, help="intra-op threads (default: the target's, all cores)")
+    cal.add_argument("--threads", type=_threads_arg, help="intra-op threads (default: the target's, all cores)")
     cal.add_argument("--min-time", type=float, default=0.2, metavar="S",
                      help="seconds each micro-benchmark is timed per round (default 0.2)")
     cal.add_argument("--rounds", type=int, default=2,
@@ -217,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "correlation, median and 90th-percentile absolute error and the worst offenders.",
         epilog="example: HF_HUB_OFFLINE=1 greencc cost validate -t ort-cpu --write-benchmarks BENCHMARKS.md")
     val.add_argument("-t", "--target", default="ort-cpu", help="target to validate (default ort-cpu)")
-    val.add_argument("--threads", type=int, help="intra-op threads (default: the target's, all cores)")
+    val.add_argument("--threads", type=_threads_arg, help="intra-op threads (default: the target's, all cores)")
     val.add_argument("--quick", action="store_true",
                      help="small models, and one -O2 batch-1 variant of the decoder and the ViT (no MiniLM)")
     val.add_argument("--min-time", type=float, default=1.0, metavar="S",
@@ -233,14 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _parse_dims(items: Sequence[str]) -> dict[str, int]:
     dims: dict[str, int] = {}
+    from greencc.config import check_dim
+
     for item in items:
         name, _, raw = item.partition("=")
         try:
-            dims[name.strip()] = int(raw)
+            size = int(raw)
         except ValueError:
             raise UsageError(f"bad --dim '{item}'", hint="write it as NAME=SIZE, e.g. --dim seq=128") from None
-        if not name.strip() or dims[name.strip()] <= 0:
+        if not name.strip():
             raise UsageError(f"bad --dim '{item}'", hint="a dim needs a name and a positive size")
+        dims[name.strip()] = check_dim(name.strip(), size, "--dim")
     return dims
 
 
@@ -267,8 +296,20 @@ def _status(message: str, quiet: bool = False):
     return Console(stderr=True).status(message)
 
 
+def _printable(line: str) -> str:
+    """``line`` with control, format and surrogate characters (terminal escape sequences, a
+    newline inside a node name, bytes that were not UTF-8) written as Python escapes."""
+    return "".join(
+        ch if ch == "\t" or unicodedata.category(ch) not in _UNPRINTABLE else ascii(ch)[1:-1]
+        for ch in line
+    )
+
+
+_UNPRINTABLE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+
 def _out(text: str) -> None:
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.write("\n".join(_printable(line) for line in text.rstrip("\n").split("\n")) + "\n")
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -284,6 +325,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
             f"output directory {args.output} is not empty and is not a greencc artifact",
             hint="choose a new or empty directory; greencc replaces only its own artifacts",
         )
+    if args.report_json and os.path.isdir(args.report_json):
+        raise UsageError(f"--report-json {args.report_json} is a directory",
+                         hint="give a file name, e.g. --report-json report.json")
     config = _compile_config(args)
     instruments = [PrintIRInstrument(args.print_ir_after)] if args.print_ir_after else []
     with _status("loading, optimizing, verifying and lowering", args.quiet):
@@ -646,7 +690,17 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status. Warnings (greencc's log and Python warnings)
+    are printed after the command's output or its one error line, never before it."""
+    notes: list[str] = []
+    with _deferred_warnings(notes):
+        status = _run(argv)
+    for note in notes:
+        sys.stderr.write(f"greencc: warning: {_printable(note)}\n")
+    return status
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -659,22 +713,78 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_plugins(getattr(args, "plugin", []))
         return COMMANDS[args.command](args)
     except GreenccError as exc:
-        text = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
-        sys.stderr.write(f"greencc: error: {text}\n")
-        if os.environ.get("GREENCC_DEBUG"):
-            raise
-        return exc.exit_code
+        return _fail(exc)
     except KeyboardInterrupt:
         sys.stderr.write("greencc: interrupted\n")
         return 130
+    except (OSError, MemoryError) as exc:
+        if os.environ.get("GREENCC_DEBUG"):
+            raise
+        return _fail(system_error(exc))
     except Exception as exc:  # a bug in greencc, not the user's fault
         if os.environ.get("GREENCC_DEBUG"):
             raise
         sys.stderr.write(
-            f"greencc: internal error: {type(exc).__name__}: {exc}\n"
+            f"greencc: internal error: {_printable(f'{type(exc).__name__}: {exc}')}\n"
             "  this is a bug; re-run with GREENCC_DEBUG=1 for the traceback and report it\n"
         )
         return 1
+
+
+def _fail(exc: GreenccError) -> int:
+    text = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+    sys.stderr.write(f"greencc: error: {_printable(' '.join(text.splitlines()))}\n")
+    if os.environ.get("GREENCC_DEBUG"):
+        raise exc
+    return exc.exit_code
+
+
+_ERRNO_HINTS = {
+    errno.EACCES: "check the permissions of the path, or choose another",
+    errno.EPERM: "check the permissions of the path, or choose another",
+    errno.EROFS: "the file system is read-only: write somewhere else",
+    errno.ENOSPC: "the disk is full: free some space or write somewhere else",
+    errno.EDQUOT: "the disk quota is exhausted: free some space or write somewhere else",
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n)",
+}
+
+
+def system_error(exc: OSError | MemoryError) -> SystemResourceError:
+    """An ``OSError`` or ``MemoryError`` as the user error it is (exit status 8)."""
+    if isinstance(exc, MemoryError):
+        return SystemResourceError("out of memory", hint="a smaller model, smaller --dim sizes or less calibration data")
+    where = f": {exc.filename}" if exc.filename else ""
+    return SystemResourceError(f"{exc.strerror or exc}{where}",
+                               hint=_ERRNO_HINTS.get(exc.errno or 0, "check the path and the file system"))
+
+
+class _HeldRecords(logging.Handler):
+    """Keeps greencc's warnings until the command ends; other libraries' log lines are
+    dropped (they are noise on a command line, and would land before the error line)."""
+
+    def __init__(self, notes: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.notes = notes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "greencc" or record.name.startswith("greencc."):
+            self.notes.append(record.getMessage())
+
+
+@contextmanager
+def _deferred_warnings(notes: list[str]):
+    """Collect log warnings and Python warnings in ``notes`` while the command runs."""
+    root = logging.getLogger()
+    handler = _HeldRecords(notes)
+    root.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            yield
+    finally:
+        root.removeHandler(handler)
+        notes.extend(str(w.message) for w in caught if issubclass(w.category, UserWarning))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,13 @@ SCHEMA = "greencc.config/1"
 # Fields of a recipe or a config dict that name files: relative paths are read from the
 # recipe's folder (plugins only when they end in .py; other entries are module names).
 _PATH_FIELDS = ("model", "calibration")
+# More intra-op threads than this many per usable core only slows inference down, and a
+# thread pool of thousands hangs ONNX Runtime or exhausts memory (threads=1e9: bad_alloc).
+THREADS_PER_CORE = 4
+# Seeds feed numpy's legacy and new generators alike, whose common range is 32 bits.
+MAX_SEED = 2**32 - 1
+# Dims are int32 in the runtimes greencc lowers to (ONNX Runtime's shape arithmetic, TVM).
+MAX_DIM = 2**31 - 1
 
 
 class FrozenMap(Mapping[str, Any]):
@@ -110,10 +117,9 @@ class CompileConfig:
             raise _bad("target_options", self.target_options, "a table of option = value")
         object.__setattr__(self, "target_options", _freeze(self.target_options, "target_options"))
         object.__setattr__(self, "dims", _checked_dims(self.dims))
-        if self.threads is not None and not (_is_int(self.threads) and self.threads >= 1):
-            raise _bad("threads", self.threads, "a positive integer")
-        if not _is_int(self.seed):
-            raise _bad("seed", self.seed, "an integer")
+        if self.threads is not None:
+            object.__setattr__(self, "threads", check_threads(self.threads, "compile config field 'threads'"))
+        object.__setattr__(self, "seed", check_seed(self.seed, "compile config field 'seed'"))
         for name in ("verify", "measure"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, getattr(self, name), "true or false")
@@ -223,6 +229,58 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def max_threads() -> int:
+    """The most intra-op threads greencc accepts: :data:`THREADS_PER_CORE` per usable core."""
+    return usable_cores() * THREADS_PER_CORE
+
+
+def check_threads(value: Any, where: str = "threads") -> int:
+    """``value`` as a thread count in [1, :func:`max_threads`]; ``UsageError`` otherwise
+    (booleans, fractions, non-finite numbers, out-of-range counts)."""
+    number = _integral(value)
+    limit = max_threads()
+    if number is None or not 1 <= number <= limit:
+        raise UsageError(f"{where} = {value!r} is not a thread count between 1 and {limit}",
+                         hint=f"this machine has {usable_cores()} usable core(s); at most "
+                         f"{THREADS_PER_CORE} threads per core are accepted")
+    return number
+
+
+def check_seed(value: Any, where: str = "seed") -> int:
+    """``value`` as a seed in [0, 2**32 - 1]; ``UsageError`` otherwise."""
+    number = _integral(value)
+    if number is None or not 0 <= number <= MAX_SEED:
+        raise UsageError(f"{where} = {value!r} is not a seed", hint=f"a seed is an integer from 0 to {MAX_SEED}")
+    return number
+
+
+def check_dim(name: str, value: Any, where: str = "dims") -> int:
+    """``value`` as the size of dim ``name``, in [1, 2**31 - 1]; ``UsageError`` otherwise."""
+    number = _integral(value)
+    if number is None or not 1 <= number <= MAX_DIM:
+        raise UsageError(f"{where}: {name} = {value!r} is not a dim size",
+                         hint=f"a dim is a positive integer up to {MAX_DIM}, e.g. seq=128")
+    return number
+
+
+def _integral(value: Any) -> int | None:
+    """An int, or an integral finite float, as an int; ``None`` for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None
+
+
 def is_plugin_file(entry: str) -> bool:
     """True when a plugin entry names a ``.py`` file rather than an importable module."""
     return entry.endswith(".py") or os.sep in entry or "/" in entry
@@ -275,7 +333,7 @@ def _checked_dims(dims: Any) -> FrozenMap:
     for name, size in dims.items():
         if not isinstance(name, str) or not name or not (_is_int(size) and size > 0):
             raise _bad("dims", dict(dims), "a table of dim name = positive size, e.g. {seq = 128}")
-    return FrozenMap({name: int(size) for name, size in dims.items()})
+    return FrozenMap({name: check_dim(name, size, "compile config field 'dims'") for name, size in dims.items()})
 
 
 def _check_optional_str(config: CompileConfig, *names: str) -> None:

@@ -82,6 +82,13 @@ class InputMismatchError(GreenccError):
     exit_code = 7
 
 
+class SystemResourceError(GreenccError):
+    """The operating system refused: a file could not be read or written (permissions, a
+    full disk, a name too long) or memory ran out. Nothing half-written is left behind."""
+
+    exit_code = 8
+
+
 class PassError(GreenccError):
     """Raised by a pass author's code to decline loudly; ``node`` names where it happened."""
 
@@ -99,4 +106,5 @@ EXIT_CODES: dict[int, str] = {
     5: "a pass failed or verification found a numerical difference",
     6: "the target is not available on this machine",
     7: "inputs do not match the model's signature",
+    8: "the system refused: permission denied, disk full, name too long, out of memory",
 }

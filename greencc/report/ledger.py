@@ -6,11 +6,13 @@ Every energy figure carries its method: the rows' estimates name the cost model 
 profile (``energy_method``), measured figures their meter (``measured_energy``,
 ``baseline_measured``, each row's ``measured``), and each carbon figure the energy it was
 computed from.
+
+report.json is strict JSON: a non-finite float is written as "NaN", "Infinity" or
+"-Infinity" (see :mod:`greencc.report.strict_json`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from greencc.errors import UsageError
+from greencc.report import strict_json
 
 SCHEMA = "greencc.report/1"
 
@@ -240,35 +243,48 @@ class Report:
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The report as JSON text; also written atomically to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=2, default=_json_default)
+        text = strict_json.dumps(self.to_dict(), default=_json_default)
         if path is not None:
             path = Path(path)
+            if path.is_dir():
+                raise UsageError(f"report path {path} is a directory", hint="give a file name, e.g. out/report.json")
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".report-", dir=path.parent)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(text)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         return text
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:
         """Rebuild a report from :meth:`to_dict` output; ``UsageError`` on another schema."""
-        if data.get("schema") != SCHEMA:
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            schema = data.get("schema") if isinstance(data, dict) else None
             raise UsageError(
-                f"not a greencc report (schema {data.get('schema')!r}, expected {SCHEMA!r})"
+                f"not a greencc report (schema {schema!r}, expected {SCHEMA!r})"
             )
         fields = {k: v for k, v in data.items() if k not in ("summary", "rows")}
-        rows = [PassRow(**row) for row in data.get("rows", [])]
-        return cls(rows=rows, **fields)
+        rows = data.get("rows", [])
+        try:
+            if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+                raise TypeError("'rows' is not a list of objects")
+            return cls(rows=[PassRow(**row) for row in rows], **fields)
+        except TypeError as exc:
+            raise UsageError(f"malformed greencc report: {exc}",
+                             hint="it was not written by this greencc version, or was edited") from None
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> Report:
         """Read a report written by :meth:`to_json`."""
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read report {path}: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(strict_json.loads(text, f"report {path}"))
 
     def to_console(self, width: int = 140) -> str:
         """The ledger as a plain-text table (what ``greencc compile`` prints)."""

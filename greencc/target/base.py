@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+from greencc.config import check_threads
 from greencc.cost.profile import HardwareProfile
 from greencc.errors import TargetUnavailableError, UsageError
 
@@ -138,7 +139,8 @@ class Target:
         return self._profile_name
 
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Reject unknown options (``UsageError``) and fill in defaults."""
+        """Reject unknown options and a ``threads`` outside [1, cores x 4] (``UsageError``),
+        and fill in defaults."""
         label = self.name or type(self).__name__
         for key in options:
             if key not in self.default_options:
@@ -146,7 +148,10 @@ class Target:
                 raise UsageError(
                     f"target '{label}' has no option '{key}'", hint=f"its options are: {known}"
                 )
-        return {**self.default_options, **options}
+        checked = {**self.default_options, **options}
+        if checked.get("threads") is not None:
+            checked["threads"] = check_threads(checked["threads"], f"target '{label}': threads")
+        return checked
 
     def available(self) -> Availability:
         """Whether this target can run here (never raises)."""

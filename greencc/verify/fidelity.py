@@ -6,6 +6,7 @@ lossy passes must keep; and the tolerance exact passes must meet (by dtype).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -59,6 +60,20 @@ class Fidelity:
         return asdict(self)
 
 
+_BUDGET_RANGES: dict[str, tuple[str, float, bool, float]] = {
+    # field: (budget key, low bound, low bound excluded, high bound included)
+    "min_cosine": ("cos", 0.0, True, 1.0),
+    "max_abs_error": ("abs", 0.0, False, math.inf),
+    "max_accuracy_drop": ("acc", 0.0, False, 1.0),
+    "max_perplexity_ratio": ("ppl", 1.0, False, math.inf),
+    "min_agreement": ("agree", 0.0, True, 1.0),
+}
+
+
+def _describe_range(low: float, low_open: bool, high: float) -> str:
+    return f"{'(' if low_open else '['}{low:g}, {'inf)' if math.isinf(high) else f'{high:g}]'}"
+
+
 @dataclass(frozen=True)
 class FidelityBudget:
     """What a lossy pipeline may lose: ``cos=0.99`` (min cosine), ``abs=1e-3`` (max abs
@@ -71,6 +86,18 @@ class FidelityBudget:
     max_accuracy_drop: float | None = None
     max_perplexity_ratio: float | None = None
     min_agreement: float | None = None
+
+    def __post_init__(self) -> None:
+        # A NaN bound compares false against every score and so would silently disable the guard.
+        for name, (key, low, low_open, high) in _BUDGET_RANGES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UsageError(f"fidelity budget {key}={value!r} is not a number")
+            if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+                raise UsageError(f"fidelity budget {key}={value} is out of range",
+                                 hint=f"{key} takes a finite value in {_describe_range(low, low_open, high)}")
 
     @classmethod
     def parse(cls, text: str) -> FidelityBudget:
