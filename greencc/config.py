@@ -243,11 +243,12 @@ def max_threads() -> int:
 
 def check_threads(value: Any, where: str = "threads") -> int:
     """``value`` as a thread count in [1, :func:`max_threads`]; ``UsageError`` otherwise
-    (booleans, fractions, non-finite numbers, out-of-range counts)."""
-    number = _integral(value)
+    (booleans, fractions, non-finite numbers, out-of-range counts). A string of decimal
+    digits counts as its number: target options arrive as text from the CLI."""
+    number = _integral(int(value) if isinstance(value, str) and value.strip().isdecimal() else value)
     limit = max_threads()
     if number is None or not 1 <= number <= limit:
-        raise UsageError(f"{where} = {value!r} is not a thread count between 1 and {limit}",
+        raise UsageError(f"{where}={value!r} is not a thread count between 1 and {limit}",
                          hint=f"this machine has {usable_cores()} usable core(s); at most "
                          f"{THREADS_PER_CORE} threads per core are accepted")
     return number

@@ -34,6 +34,17 @@ from greencc.passes.lib.graph_edits import (
 # Inputs bigger than this (bytes, all inputs of one node together) are not evaluated:
 # serialising them into a one-node model would cost more memory than folding saves.
 MAX_INPUT_BYTES = 256 * 1024 * 1024
+# Inputs up to this size (bytes) are given to shape inference as values, so that outputs
+# whose shape comes from input values (ConstantOfShape, Range, Expand...) get a static
+# shape, and so a size, before anything is evaluated.
+MAX_INFERENCE_VALUE_BYTES = 1024 * 1024
+# Ops whose output size is set by their inputs' values rather than their shapes: with no
+# static output shape they are not evaluated, as the result could be of any size.
+VALUE_SIZED_OPS = frozenset({
+    "ConstantOfShape", "Range", "Expand", "Tile", "Resize", "Upsample", "Pad", "CenterCropPad",
+    "OneHot", "Col2Im", "MaxUnpool", "MelWeightMatrix", "STFT", "DFT", "BlackmanWindow",
+    "HammingWindow", "HannWindow",
+})
 
 Decline = Callable[[ir.Node, str], None]
 
@@ -127,9 +138,18 @@ class ConstantFolder:
         del node_proto.output[:]
         node_proto.output.extend(output_names)
         node_proto.name = "fold"
-        output_types = self._infer_output_types(node_proto, inputs, input_names, output_names)
+        output_types = self._infer_output_types(
+            node_proto, inputs, input_names, output_names,
+            with_values=input_bytes <= MAX_INFERENCE_VALUE_BYTES,
+        )
         for output, (elem_type, shape) in zip(node.outputs, output_types, strict=True):
-            if shape is None or not (output.uses() or output.is_graph_output()):
+            if not (output.uses() or output.is_graph_output()):
+                continue
+            if shape is None:
+                if node.op_type in VALUE_SIZED_OPS:
+                    raise FoldDeclined(
+                        f"the size of result '{output.name}' is not known before evaluating it"
+                    )
                 continue
             nbytes = _nbytes(elem_type, shape)
             if nbytes > self.max_size:
@@ -186,16 +206,19 @@ class ConstantFolder:
         inputs: Sequence[ir.TensorProtocol | None],
         input_names: Sequence[str],
         output_names: Sequence[str],
+        *,
+        with_values: bool,
     ) -> list[tuple[int, tuple[int, ...] | None]]:
-        """Each output's ONNX element type and static shape (``None`` when not static)."""
+        """Each output's ONNX element type and static shape (``None`` when not static);
+        ``with_values`` lets inference read the input values, not only their shapes."""
         outputs = []
         for name in output_names:
             info = onnx.ValueInfoProto()
             info.name = name
             outputs.append(info)
-        model = self._graph(node_proto, inputs, input_names, outputs, as_initializers=False)
+        model = self._graph(node_proto, inputs, input_names, outputs, as_initializers=with_values)
         try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
         except Exception as exc:
             raise FoldDeclined(f"shape inference rejected the node: {_first_line(exc)}") from None
         types = []

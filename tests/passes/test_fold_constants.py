@@ -189,3 +189,22 @@ def test_constant_output_read_by_later_nodes_keeps_folding_through_it():
     assert [n.op_type for n in model.graph] == ["Identity", "Add"]
     np.testing.assert_array_equal(model.graph.initializers["k2"].const_value.numpy(), [2.0, 8.0])
     assert [v.name for v in model.graph.outputs] == ["k", "y"]
+
+
+def test_value_sized_results_are_sized_before_they_are_evaluated():
+    # A 40 GB ConstantOfShape must be declined from its inferred shape, never allocated.
+    model = model_from_text(
+        """
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[2] x) => (float[2] y, float[100000, 100000] big)
+        <int64[2] shape = {100000, 100000}>
+        {
+          big = ConstantOfShape(shape)
+          y = Identity(x)
+        }
+        """
+    )
+    before = fingerprint(model)
+    result, ctx = run_pass(model, "fold-constants", max_size=1024)
+    assert result.modified is False and fingerprint(model) == before
+    assert any("over max_size=1024 bytes" in m.reason for m in ctx.near_misses)
