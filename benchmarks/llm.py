@@ -57,11 +57,12 @@ CALIBRATION_WINDOWS = 8
 
 @dataclass
 class Contender:
-    """A way to generate: ``generate(prompts [b, s] int64, n) -> new tokens [b, n]`` (greedy,
-    never stopping early) and ``logits(ids [b, s]) -> [b, s, vocab]`` from an empty cache."""
+    """A way to generate: ``generate(prompts [b, s] int64, n) -> (new tokens [b, n], ms the
+    n - 1 decode steps after the first new token took)`` (greedy, never stopping early) and
+    ``logits(ids [b, s]) -> [b, s, vocab]`` from an empty cache."""
 
     name: str
-    generate: Callable[[np.ndarray, int], np.ndarray]
+    generate: Callable[[np.ndarray, int], tuple[np.ndarray, float]]
     logits: Callable[[np.ndarray], np.ndarray]
 
 
@@ -104,18 +105,34 @@ def _open_transformers(name: str, path: Path, threads: int, *, int8: bool = Fals
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     config = model.config
 
-    def generate(prompts: np.ndarray, n: int) -> np.ndarray:
+    def generate(prompts: np.ndarray, n: int) -> tuple[np.ndarray, float]:
         ids = torch.from_numpy(prompts)
+        stamps = _Stamps()
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                 min_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=config.pad_token_id)
-        return out[:, prompts.shape[1]:].numpy()
+                                 min_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=config.pad_token_id,
+                                 streamer=stamps)
+        # generate streams the prompt first, then every new token as it is chosen.
+        return out[:, prompts.shape[1]:].numpy(), (stamps.times[-1] - stamps.times[1]) * 1000.0
 
     def logits(ids: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model(input_ids=torch.from_numpy(ids), use_cache=False).logits.float().numpy()
 
     return Contender(name, generate, logits)
+
+
+class _Stamps:
+    """A transformers streamer that only notes when each chunk of tokens arrives."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, _value: object) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
 
 
 def _open_torch_int8(name: str, path: Path, threads: int) -> Contender:
@@ -134,15 +151,19 @@ def _open_genai(name: str, path: Path, threads: int) -> Contender:
     kv = (decoder["num_key_value_heads"], decoder["head_size"])
     sessions: list = []
 
-    def generate(prompts: np.ndarray, n: int) -> np.ndarray:
+    def generate(prompts: np.ndarray, n: int) -> tuple[np.ndarray, float]:
         params = og.GeneratorParams(model)
         total = prompts.shape[1] + n
         params.set_search_options(max_length=total, min_length=total, do_sample=False, batch_size=prompts.shape[0])
         generator = og.Generator(model, params)
         generator.append_tokens(prompts.astype(np.int32))
-        for _ in range(n):
+        generator.generate_next_token()
+        start = time.perf_counter()
+        for _ in range(n - 1):
             generator.generate_next_token()
-        return np.stack([generator.get_sequence(i)[prompts.shape[1]:total] for i in range(prompts.shape[0])]).astype(np.int64)
+        decode_ms = (time.perf_counter() - start) * 1000.0
+        rows = [generator.get_sequence(i)[prompts.shape[1]:total] for i in range(prompts.shape[0])]
+        return np.stack(rows).astype(np.int64), decode_ms
 
     def logits(ids: np.ndarray) -> np.ndarray:
         # The builder's graph, run by ONNX Runtime itself, gives every position's logits
@@ -166,8 +187,9 @@ def _open_greencc(name: str, path: Path, threads: int) -> Contender:
     kv = (spec.num_kv_heads, spec.head_dim)
     names = [value.name for value in compiled.model.inputs]
 
-    def generate(prompts: np.ndarray, n: int) -> np.ndarray:
-        return np.asarray(compiled.generate(prompts, n, stop_tokens=()).new_tokens)
+    def generate(prompts: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+        result = compiled.generate(prompts, n, stop_tokens=())
+        return np.asarray(result.new_tokens), result.decode_ms
 
     def logits(ids: np.ndarray) -> np.ndarray:
         return compiled({name: _feed(name, ids, kv) for name in names})["logits"]
@@ -192,45 +214,67 @@ def _feed(name: str, ids: np.ndarray, kv: tuple[int, int]) -> np.ndarray:
 # Building contenders
 # --------------------------------------------------------------------------------------
 def build_all(directory: Path, workdir: Path, calibration: list[dict[str, np.ndarray]], threads: int,
-              log: Callable[[str], None]) -> tuple[dict[str, Built], dict[str, str]]:
-    """Every contender's artifact for the Hugging Face model in ``directory``; returns the
-    built ones and, for the others, why they are not available."""
-    built: dict[str, Built] = {REFERENCE: Built("transformers", directory, _size(directory / "model.safetensors")),
-                               TORCH_INT8: Built("torch-int8", directory, _torch_int8_bytes(directory))}
+              log: Callable[[str], None], only: str = "") -> tuple[dict[str, Built], dict[str, str]]:
+    """Every contender's artifact (those whose name contains ``only``; the reference always)
+    for the Hugging Face model in ``directory``, built into ``workdir`` (artifacts already
+    there are reused); returns the built ones and, for the others, why they are not available."""
+    built: dict[str, Built] = {REFERENCE: Built("transformers", directory, _size(directory / "model.safetensors"))}
+    if only in TORCH_INT8:
+        built[TORCH_INT8] = Built("torch-int8", directory, _torch_int8_bytes(directory))
     missing: dict[str, str] = {}
     for precision in GENAI_PRECISIONS:
         name = GENAI.format(precision)
+        if only not in name:
+            continue
+        out = workdir / f"genai-{precision}"
         try:
-            built[name] = _build_genai(directory, workdir / f"genai-{precision}", precision)
+            built[name] = _reused(out) or _remember(out, _build_genai(directory, out, precision))
         except Exception as exc:  # a contender that cannot be built is reported, not fatal
             missing[name] = _reason(exc)
         log(f"{name}: {'built' if name in built else missing[name]}")
-    try:
-        import greencc as gc
-
-        start = time.perf_counter()
-        model = gc.from_pretrained(directory, task="text-generation")
-        export_s = time.perf_counter() - start
-    except Exception as exc:
-        for name in GREENCC:
-            missing[name] = f"export failed: {_reason(exc)}"
-        return built, missing
+    exported: list = []
     for name, (pipeline, budget) in GREENCC.items():
+        if only not in name:
+            continue
         out = workdir / name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                start = time.perf_counter()
-                compiled = gc.compile(model, "ort-cpu", pipeline, threads=threads, calibration=calibration,
-                                      budget=budget)
-                compile_s = time.perf_counter() - start
-            compiled.save(out)
-            built[name] = Built("greencc", out, _onnx_bytes(out),
-                                note=f"export {export_s:.0f} s, compile {compile_s:.0f} s; {_fused_ops(compiled.model)}")
+            built[name] = _reused(out) or _remember(out, _build_greencc(directory, out, pipeline, budget, calibration,
+                                                                        threads, exported))
         except Exception as exc:
             missing[name] = _reason(exc)
         log(f"{name}: {'built' if name in built else missing[name]}")
     return built, missing
+
+
+def _build_greencc(directory: Path, out: Path, pipeline: str, budget: str | None,
+                   calibration: list[dict[str, np.ndarray]], threads: int, exported: list) -> Built:
+    import greencc as gc
+
+    if not exported:
+        start = time.perf_counter()
+        exported.append((gc.from_pretrained(directory, task="text-generation"), time.perf_counter() - start))
+    model, export_s = exported[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        compiled = gc.compile(model, "ort-cpu", pipeline, threads=threads, calibration=calibration, budget=budget)
+        compile_s = time.perf_counter() - start
+    compiled.save(out)
+    return Built("greencc", out, _onnx_bytes(out),
+                 note=f"export {export_s:.0f} s, compile {compile_s:.0f} s; {_fused_ops(compiled.model)}")
+
+
+def _reused(out: Path) -> Built | None:
+    record = out / "bench.json"
+    if not record.exists():
+        return None
+    fields = json.loads(record.read_text())
+    return Built(fields["kind"], out, fields["file_bytes"], fields["note"])
+
+
+def _remember(out: Path, built: Built) -> Built:
+    (out / "bench.json").write_text(json.dumps({"kind": built.kind, "file_bytes": built.file_bytes, "note": built.note}))
+    return built
 
 
 def _build_genai(directory: Path, out: Path, precision: str) -> Built:
@@ -288,39 +332,38 @@ def _reason(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------
 # Speed
 # --------------------------------------------------------------------------------------
-def measure_speed(contenders: dict[str, Contender], *, turns: int, new_tokens: int, threads: int,
-                  vocab: int, log: Callable[[str], None]) -> dict[str, SpeedFigures]:
+def measure_speed(contenders: dict[str, Contender], *, turns: int, new_tokens: int, vocab: int,
+                  log: Callable[[str], None]) -> dict[str, SpeedFigures]:
     """Paired turns: in each, every contender (after a 0.1 s pause before each call) makes a
-    128-token prefill at b1 and, at b1 and b4 from 32-token prompts, generates 1 and
-    ``new_tokens`` tokens; a decode step costs ``(T(n) - T(1)) / (n - 1)``. Energy is read
-    around the b1 calls with the best meter here (the CPU-time estimate without RAPL)."""
+    128-token prefill at b1 (time to the first token) and generates ``new_tokens`` tokens at
+    b1 and b4 from 32-token prompts, timing the steps after the first new token. The energy
+    of the b1 call, read with the best meter here (the CPU-time estimate without RAPL), is
+    apportioned to its decode steps by their share of its time."""
     rng = np.random.default_rng(0)
     prefill_prompt = rng.integers(0, min(vocab, 256), (1, 128)).astype(np.int64)
     prompts = {b: rng.integers(0, min(vocab, 256), (b, 32)).astype(np.int64) for b in (1, 4)}
     meter = best_meter("cpu").meter
     figures = {name: SpeedFigures() for name in contenders}
-
-    def timed(fn: Callable[[], object]) -> tuple[float, float]:
-        time.sleep(0.1)
-        joules = meter.read_j()
-        start = time.perf_counter()
-        fn()
-        elapsed = (time.perf_counter() - start) * 1000.0
-        return elapsed, meter.read_j() - joules
-
     for contender in contenders.values():
         contender.generate(prefill_prompt, 2)
         contender.generate(prompts[4], 2)
     for turn in range(turns):
         for name, contender in contenders.items():
             got = figures[name]
-            got.prefill_ms.append(timed(lambda c=contender: c.generate(prefill_prompt, 1))[0])
+            time.sleep(0.1)
+            start = time.perf_counter()
+            contender.generate(prefill_prompt, 1)
+            got.prefill_ms.append((time.perf_counter() - start) * 1000.0)
             for batch, prompt in prompts.items():
-                one_ms, one_j = timed(lambda c=contender, p=prompt: c.generate(p, 1))
-                many_ms, many_j = timed(lambda c=contender, p=prompt: c.generate(p, new_tokens))
-                got.decode_ms[batch].append((many_ms - one_ms) / (new_tokens - 1))
+                time.sleep(0.1)
+                joules = meter.read_j()
+                start = time.perf_counter()
+                _, decode_ms = contender.generate(prompt, new_tokens)
+                call_ms = (time.perf_counter() - start) * 1000.0
+                joules = meter.read_j() - joules
+                got.decode_ms[batch].append(decode_ms / (new_tokens - 1))
                 if batch == 1:
-                    got.joules_per_token.append((many_j - one_j) / (new_tokens - 1))
+                    got.joules_per_token.append(joules * decode_ms / call_ms / (new_tokens - 1))
         log(f"speed turn {turn + 1}/{turns} done")
     return figures
 
@@ -483,23 +526,34 @@ def _decoder_calibration(feeds: list[dict[str, np.ndarray]], directory: Path) ->
     return [{name: _feed(name, feed["input_ids"], (heads, head_dim)) for name in names} for feed in feeds]
 
 
+def _model_workdir(workdir: Path, directory: Path) -> Path:
+    """Where ``directory``'s contenders are built: named after the model and its recipe key,
+    so that a retrained model never reuses another's artifacts."""
+    record = directory / "train_record.json"
+    key = json.loads(record.read_text()).get("key", "") if record.exists() else ""
+    return workdir / f"{directory.name}-{key or 'unkeyed'}"
+
+
 def run(args: argparse.Namespace) -> str:
     """Build, measure and describe every contender; returns the BENCHMARKS.md section body."""
     import torch
 
     torch.set_num_threads(args.threads)
     log = lambda text: print(text, flush=True)  # noqa: E731
-    scratch = tempfile.TemporaryDirectory(prefix="greencc-bench-llm-")
-    workdir = Path(scratch.name)
-    trained = Path(args.trained) if args.trained else ensure_trained()
+    scratch = None if args.workdir else tempfile.TemporaryDirectory(prefix="greencc-bench-llm-")
+    workdir = Path(args.workdir or scratch.name)
     large = Path(args.large) if args.large else ensure_large_random()
+    if args.build_only:
+        build_all(large, _model_workdir(workdir, large), _decoder_calibration(calibration_feeds(2, 128), large), args.threads, log, args.only)
+        return ""
+    trained = Path(args.trained) if args.trained else ensure_trained()
     record = json.loads((trained / "train_record.json").read_text())
     body = []
 
     # Fidelity: the trained model.
     calibration = _decoder_calibration(calibration_feeds(CALIBRATION_WINDOWS, 256), trained)
-    built, missing = build_all(trained, workdir / "trained", calibration, args.threads, log)
-    windows = validation_windows(256)
+    built, missing = build_all(trained, _model_workdir(workdir, trained), calibration, args.threads, log, args.only)
+    windows = validation_windows(256)[: args.windows]
     prompts = greedy_prompts(args.prompts)
     scores: dict[str, tuple[float, float, float]] = {}
     reference_tokens: list[np.ndarray] = []
@@ -507,7 +561,7 @@ def run(args: argparse.Namespace) -> str:
         try:
             contender = open_contender(name, item, args.threads)
             ppl = perplexity_per_byte(contender, windows)
-            tokens = [contender.generate(p[None, :], args.greedy_tokens)[0] for p in prompts]
+            tokens = [contender.generate(p[None, :], args.greedy_tokens)[0][0] for p in prompts]
         except Exception as exc:
             missing[name] = f"failed to run: {_reason(exc)}"
             log(traceback.format_exc())
@@ -529,7 +583,7 @@ def run(args: argparse.Namespace) -> str:
 
     # Speed: the large random-init model.
     calibration = _decoder_calibration(calibration_feeds(2, 128), large)
-    built, missing = build_all(large, workdir / "large", calibration, args.threads, log)
+    built, missing = build_all(large, _model_workdir(workdir, large), calibration, args.threads, log, args.only)
     contenders: dict[str, Contender] = {}
     for name, item in built.items():
         try:
@@ -537,8 +591,7 @@ def run(args: argparse.Namespace) -> str:
         except Exception as exc:
             missing[name] = f"failed to load: {_reason(exc)}"
     vocab = json.loads((large / "config.json").read_text())["vocab_size"]
-    figures = measure_speed(contenders, turns=args.turns, new_tokens=args.new_tokens, threads=args.threads,
-                            vocab=vocab, log=log)
+    figures = measure_speed(contenders, turns=args.turns, new_tokens=args.new_tokens, vocab=vocab, log=log)
     contenders.clear()
     rss = {name: peak_rss_mb(name, built[name], args.threads, args.new_tokens) for name in figures}
     shape = json.loads((large / "config.json").read_text())
@@ -549,15 +602,18 @@ def run(args: argparse.Namespace) -> str:
         f"SwiGLU {shape['intermediate_size']}, vocab {shape['vocab_size']}, tied embeddings: "
         f"{shape.get('tie_word_embeddings')}), {args.threads} threads\n\n"
         f"{args.turns} paired turns; in each, every contender makes (after a 0.1 s pause before each call) a prefill "
-        "of 128 tokens at b1 (time to the first token), and at b1 and b4 from 32-token prompts a generate of 1 and "
-        f"of {args.new_tokens} tokens: a decode step costs `(T({args.new_tokens}) - T(1)) / {args.new_tokens - 1}`. "
+        "of 128 tokens at b1 (time to the first token), and at b1 and b4 from 32-token prompts a generate "
+        f"of {args.new_tokens} tokens, timing the {args.new_tokens - 1} decode steps after the first new token "
+        "(transformers: a streamer's timestamps; onnxruntime-genai: its `generate_next_token` loop; greencc: "
+        "`GenerationResult.decode_ms`). "
         "Median (p10–p90 over turns). Peak RSS: a fresh process per contender, peak reset after loading, over a b1 "
         f"generate of {args.new_tokens} tokens (so: weights, runtime buffers and the interpreter). "
-        f"Energy per decode token: {meter.meter.describe()} ({meter.reason}).\n\n"
+        f"Energy per decode token: the b1 call's energy apportioned to its decode steps by time; {meter.reason}.\n\n"
         + speed_table(figures, built, rss, missing))
     if plot(figures, scores):
         body.append(f"![decode tok/s against perplexity]({PLOT.relative_to(ROOT)})")
-    scratch.cleanup()
+    if scratch is not None:
+        scratch.cleanup()
     return "\n\n".join(body)
 
 
@@ -568,8 +624,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--greedy-tokens", type=int, default=128)
+    parser.add_argument("--only", default="", help="run only the contenders whose name contains this text")
+    parser.add_argument("--windows", type=int, help="score perplexity on the first N held-out windows only (quick runs)")
     parser.add_argument("--trained", help="a Hugging Face directory instead of scripts/train_llm.py's trained model")
     parser.add_argument("--large", help="a Hugging Face directory instead of scripts/train_llm.py's large model")
+    parser.add_argument("--workdir", help="keep (and reuse) the built contenders here instead of a temporary folder")
+    parser.add_argument("--build-only", action="store_true", help="build the large model's contenders into --workdir and stop")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md alone")
     parser.add_argument("--rss-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -582,7 +642,7 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     body = run(args)
     print(body)
-    if not args.no_write:
+    if body and not args.no_write:
         write_section(TITLE, body)
 
 
