@@ -80,13 +80,13 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from greencc import ir  # noqa: F401
-    from greencc.cost.estimate import estimate_cost  # noqa: F401
     from greencc.config import CompileConfig  # noqa: F401
+    from greencc.cost.estimate import estimate_cost  # noqa: F401
     from greencc.cost.profile import HardwareProfile  # noqa: F401
     from greencc.driver import compile, inspect, optimize  # noqa: F401
     from greencc.errors import *  # noqa: F401,F403
-    from greencc.frontend.onnx_file import load  # noqa: F401
     from greencc.frontend.hf import from_pretrained  # noqa: F401
+    from greencc.frontend.onnx_file import load  # noqa: F401
     from greencc.frontend.torch_export import from_torch  # noqa: F401
     from greencc.model import DecoderSpec, Model, TensorSpec  # noqa: F401
     from greencc.pipeline.base import Pass, PassResult, register_pass, registered_passes  # noqa: F401

@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 
 from greencc.config import CompileConfig, file_sha256
+from greencc.cost.estimate import estimate_cost
+from greencc.cost.kernel_model import find_calibrated_profile
 from greencc.data import CalibrationData, as_calibration
 from greencc.errors import GreenccError, TargetUnavailableError, UnsupportedOpError, UsageError
 from greencc.execution import Executor
@@ -25,6 +27,8 @@ from greencc.frontend.onnx_file import load
 from greencc.instruments.ledger import LedgerInstrument, MeasureModel, new_report
 from greencc.instruments.verify import VerifyInstrument
 from greencc.ir.shapes import symbolic_dims
+from greencc.measure.carbon import CarbonFactors
+from greencc.measure.energy import best_meter, measure_energy
 from greencc.model import DecoderSpec, Model
 from greencc.pipeline.context import PassContext
 from greencc.pipeline.instruments import Instrument
@@ -34,7 +38,7 @@ from greencc.pipeline.repro import read_reproducer
 from greencc.pipeline.text import Pipeline
 from greencc.report.ledger import Report
 from greencc.target import UNSUPPORTED, CompiledModel, Target, resolve_target
-from greencc.verify.feeds import DECODER_DEFAULT_DIMS
+from greencc.verify.feeds import DECODER_DEFAULT_DIMS, random_feeds
 
 ModelLike = Model | str | os.PathLike | bytes | onnx.ModelProto
 
@@ -189,8 +193,6 @@ def compile(  # noqa: A001 - the public verb of a compiler
     For ``target="ort-cpu"`` given by name, a profile calibrated on this machine by
     ``greencc cost calibrate`` for the same thread count replaces the default one.
     """
-    from greencc.measure.carbon import CarbonFactors
-
     described = {
         "target": target, "pipeline": pipeline, "budget": budget, "dims": dims, "verify": verify,
         "threads": threads, "target_options": target_options, "seed": seed, "measure": measure,
@@ -425,8 +427,6 @@ def _resolve_target(target: Target | str, **options: Any) -> Target:
     """
     resolved = resolve_target(target, **options)
     if isinstance(target, str) and target.strip() == resolved.name:
-        from greencc.cost.kernel_model import find_calibrated_profile
-
         calibrated = find_calibrated_profile(resolved.name, resolved.options.get("threads"))
         if calibrated is not None:
             resolved = resolve_target(resolved, profile=calibrated)
@@ -435,8 +435,6 @@ def _resolve_target(target: Target | str, **options: Any) -> Target:
 
 def _default_meter(target: Target) -> Any:
     """The best energy meter for where ``target`` runs (a CPU target never reads a GPU's)."""
-    from greencc.measure.energy import best_meter
-
     device = getattr(target, "device", None) or ("cpu" if "cpu" in target.name else "any")
     return best_meter(device).meter
 
@@ -446,9 +444,6 @@ def _measure(
     window_s: float,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Latency statistics (ms) and energy per inference of ``compiled`` on random feeds."""
-    from greencc.measure.energy import measure_energy
-    from greencc.verify.feeds import random_feeds
-
     feeds = compiled.check_feeds(random_feeds(model, seed=seed, dims=dims))
     stats = compiled.benchmark(feeds)
     energy = measure_energy(lambda: compiled._run(feeds), meter=meter, min_window_s=window_s)
@@ -511,8 +506,6 @@ def inspect(
     """Size, work and estimated cost of ``model``: ops, parameters, bytes, MACs by dtype,
     estimated latency (ms) and energy (mJ/inference) on the target's profile, the costliest
     nodes, and which nodes the target claims."""
-    from greencc.cost.estimate import estimate_cost
-
     model = as_model(model)
     resolved = None
     if target is not None:

@@ -9,6 +9,8 @@ import datetime as _dt
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from greencc.cost.estimate import estimate_cost
+from greencc.cost.kernel_model import ENERGY_UNCALIBRATED_MARK
 from greencc.model import DecoderSpec
 from greencc.pipeline.instruments import Instrument, PassRecord
 from greencc.report.ledger import PassRow, Report
@@ -83,7 +85,6 @@ class LedgerInstrument(Instrument):
     def _estimate(self, model: Model, ctx: PassContext) -> CostEstimate | None:
         if ctx.profile is None:
             return None
-        from greencc.cost.estimate import estimate_cost
 
         return estimate_cost(model, ctx.profile, dims=ctx.dims)
 
@@ -91,7 +92,6 @@ class LedgerInstrument(Instrument):
         """A decoder's estimated decode step (seq 1 after DECODE_CONTEXT_TOKENS of past)."""
         if ctx.profile is None or DecoderSpec.of(model) is None:
             return None
-        from greencc.cost.estimate import estimate_cost
 
         batch = int(ctx.dims.get("batch", 1))
         dims = {"batch": batch, "seq": 1, "past_seq": DECODE_CONTEXT_TOKENS, "total_seq": DECODE_CONTEXT_TOKENS + 1}
@@ -136,8 +136,6 @@ def new_report(model: Model, ctx: PassContext, pipeline: str) -> Report:
         }
         state = "uncalibrated roofline"
         if profile_info["calibrated"]:
-            from greencc.cost.kernel_model import ENERGY_UNCALIBRATED_MARK
-
             state = "calibrated roofline"
             if ENERGY_UNCALIBRATED_MARK in profile_info["note"]:
                 state = "latency calibrated on this machine, energy terms uncalibrated"

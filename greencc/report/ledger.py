@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from greencc.errors import UsageError
+from greencc.measure.carbon import CarbonFactors
 from greencc.report import strict_json
 
 SCHEMA = "greencc.report/1"
@@ -181,8 +182,6 @@ class Report:
 
     def factors(self) -> Any:
         """The :class:`~greencc.measure.carbon.CarbonFactors` of this report (defaults if unset)."""
-        from greencc.measure.carbon import CarbonFactors
-
         data = self.carbon_factors or {}
         return CarbonFactors(**data) if data else CarbonFactors()
 
