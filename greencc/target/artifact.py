@@ -1,7 +1,9 @@
 """``CompiledModel``: a lowered model that runs, benchmarks, saves atomically and
 reloads itself from an artifact directory (``greencc.json`` manifest, the target's files,
 ``report.json``), whatever target wrote it. The manifest records the
-:class:`~greencc.config.CompileConfig` of the compile (absent in older artifacts).
+:class:`~greencc.config.CompileConfig` of the compile (absent in older artifacts) and the
+SHA-256 of every file, checked before a target reads any of them (see
+:mod:`greencc.target.integrity`: an artifact is code, load only trusted ones).
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ from greencc.target.generation import (
     benchmark_generation,
     decoder_spec_or_raise,
     generate,
+)
+from greencc.target.integrity import (
+    HASHES_KEY,
+    digest_problems,
+    file_digests,
+    verify_artifact_files,
 )
 from greencc.target.registry import registered_targets
 
@@ -220,7 +228,8 @@ class CompiledModel:
         raise NotImplementedError
 
     def manifest(self, files: list[str]) -> dict[str, Any]:
-        """The ``greencc.json`` contents for an artifact made of ``files``."""
+        """The ``greencc.json`` contents for an artifact made of ``files`` (``save`` adds
+        the SHA-256 of every file)."""
         from greencc import __version__
 
         return {
@@ -264,7 +273,8 @@ class CompiledModel:
                 shutil.copyfile(path, staging / path.name)
             if self.report is not None:
                 _write_json(staging / REPORT_NAME, self.report.to_dict())
-            _write_json(staging / MANIFEST_NAME, self.manifest(files))
+            manifest = {**self.manifest(files), HASHES_KEY: file_digests(staging, MANIFEST_NAME)}
+            _write_json(staging / MANIFEST_NAME, manifest)
             _move_into_place(staging, dest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -275,12 +285,19 @@ class CompiledModel:
     def load(cls, directory: str | os.PathLike, **options: Any) -> CompiledModel:
         """Reopen a saved artifact of any registered target.
 
-        ``options`` override the saved target options (e.g. ``threads=4``). Raises
-        ``ModelLoadError`` for a missing or corrupt artifact and ``TargetUnavailableError``
-        when its target is not installed or cannot run here.
+        ``options`` override the saved target options (e.g. ``threads=4``). Every file's
+        SHA-256 is checked against the manifest before the target opens any of them.
+        Loading an artifact that holds a shared library runs that library's code: load
+        only artifacts from a source you trust. Raises ``ModelLoadError`` for a missing,
+        corrupt or modified artifact and ``TargetUnavailableError`` when its target is not
+        installed or cannot run here.
         """
         path = Path(directory)
         manifest = read_manifest(path)
+        listed = {*manifest["files"], *(manifest.get("tokenizer") or [])}
+        if manifest.get("report"):
+            listed.add(REPORT_NAME)
+        verify_artifact_files(path, manifest, manifest_name=MANIFEST_NAME, listed=listed)
         target_name = manifest["target"]
         targets = registered_targets()
         target_cls = targets.get(target_name)
@@ -419,7 +436,11 @@ def _manifest_problems(manifest: Any) -> str:
     tokenizer = manifest.get("tokenizer") or []
     if not isinstance(tokenizer, list):
         return "'tokenizer' is not a list of file names"
-    for name in [*manifest["files"], *tokenizer]:
+    digests = manifest.get(HASHES_KEY, {})
+    problem = digest_problems(digests)
+    if problem:
+        return problem
+    for name in [*manifest["files"], *tokenizer, *digests]:
         if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
             return f"artifact file name {name!r} is not a plain file name"
     for name in tokenizer:

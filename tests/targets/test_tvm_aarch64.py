@@ -21,9 +21,10 @@ import pytest
 
 import greencc as gc
 from greencc.target import UNSUPPORTED, registered_targets, resolve_target
-from greencc.targets.tvm import aarch64_emulation as emulation
-from greencc.targets.tvm import aarch64 as tvm_aarch64
+from greencc.target.integrity import file_sha256
 from greencc.targets.tags import TAGS
+from greencc.targets.tvm import aarch64 as tvm_aarch64
+from greencc.targets.tvm import aarch64_emulation as emulation
 from greencc.targets.tvm.aarch64 import (
     EM_AARCH64,
     TvmAarch64,
@@ -237,6 +238,10 @@ def test_load_refuses_a_library_for_another_machine(mlp_compiled, tmp_path):
     _, compiled = mlp_compiled
     path = compiled.save(tmp_path / "mlp")
     (path / "model.so").write_bytes(_elf_header(62))
+    # Record the new library's hash, so that the ELF check (not the hash check) refuses it.
+    manifest = json.loads((path / "greencc.json").read_text())
+    manifest["sha256"]["model.so"] = file_sha256(path / "model.so")
+    (path / "greencc.json").write_text(json.dumps(manifest))
     with pytest.raises(gc.ModelLoadError, match="x86-64"):
         gc.CompiledModel.load(path)
 
