@@ -190,9 +190,12 @@ class Emitter:
             wz = self._const(f"{site.weight.name}_zero_point_scalar", np.zeros((), np.int8))
         integer = self._node(op, [xq, wq, xz, wz], node, attributes=dict(attributes))
         as_float = self._node("Cast", [integer.outputs[0]], node, attributes={"to": ir.DataType.FLOAT})
+        # Conv's per-channel terms broadcast over its output [N, C, *spatial]: one trailing
+        # axis per spatial dim (1 for Conv1d, 2 for Conv2d, 3 for Conv3d).
+        channel_shape = (-1,) + (1,) * (len(q.shape) - 2)
         scale = ws
         if site.kind == "Conv" and qw.scale.ndim == 1:
-            scale = self._const(f"{site.weight.name}_scale_nchw", qw.scale.reshape(-1, 1, 1))
+            scale = self._const(f"{site.weight.name}_scale_nchw", qw.scale.reshape(channel_shape))
         scales = self._node("Mul", [xs, scale], node)
         result = self._node("Mul", [as_float.outputs[0], scales.outputs[0]], node)
         final = result.outputs[0]
@@ -201,7 +204,7 @@ class Emitter:
             if site.kind == "Conv":
                 b = constant_tensor(bias)
                 assert b is not None
-                bias = self._const(f"{bias.name}_nchw", np.asarray(b.numpy()).reshape(-1, 1, 1))
+                bias = self._const(f"{bias.name}_nchw", np.asarray(b.numpy()).reshape(channel_shape))
             final = self._node("Add", [final, bias], node).outputs[0]
         if side is not None:
             final = self._node("Add", [final, side], node).outputs[0]
