@@ -24,7 +24,7 @@ import numpy as np
 from greencc.calibration.benchmarks import default_benchmarks
 from greencc.calibration.run import BackgroundLoad, predict_latency, target_graph
 from greencc.cost.estimate import estimate_cost
-from greencc.cost.kernel_model import find_calibration
+from greencc.cost.kernel_model import find_calibration, save_validation
 from greencc.cost.profile import HardwareProfile
 from greencc.driver import compile as compile_model
 from greencc.errors import UsageError
@@ -154,6 +154,25 @@ class ValidationReport:
             PredictorScore.of(f"roofline estimate, uncalibrated {self.calibration.get('template', 'host')} (v0)",
                               measured, [r.uncalibrated_ms for r in self.results]),
         ]
+
+    def record(self) -> dict[str, Any]:
+        """The scores a report's energy headline quotes: Spearman and median / p90 / max
+        absolute latency error (%) of ``kernel_model``, ``roofline_calibrated`` and
+        ``roofline_uncalibrated``, with the machine, date, thread count and case count."""
+        keys = ("kernel_model", "roofline_calibrated", "roofline_uncalibrated")
+        return {
+            "target": self.target, "threads": self.threads, "profile": self.profile,
+            "template": self.calibration.get("template"), "machine": self.machine,
+            "created": self.created, "cases": len(self.results), "commands": self.commands,
+            "scores": {key: {**asdict(score), "passes": score.passes}
+                       for key, score in zip(keys, self.scores(), strict=True)},
+        }
+
+    def save(self) -> list[Path]:
+        """Save :meth:`record` beside the calibrated profile, and beside its template
+        (whose uncalibrated roofline it also scored); returns the paths written."""
+        names = dict.fromkeys(n for n in (self.profile, self.calibration.get("template")) if n)
+        return [save_validation(name, self.record()) for name in names]
 
     def worst(self, n: int = 3) -> list[CaseResult]:
         """The ``n`` cases the kernel model predicts worst."""

@@ -33,6 +33,7 @@ from greencc.ir.shapes import symbolic_dims, with_static_inputs
 log = logging.getLogger(__name__)
 
 CALIBRATION_SCHEMA = "greencc.calibration/1"
+VALIDATION_SCHEMA = "greencc.validation/1"
 # Written into a calibrated profile's calibration_note: the energy terms (pJ/MAC, pJ/byte,
 # static power) were not fitted, since no energy meter was read. The report says so.
 ENERGY_UNCALIBRATED_MARK = "energy terms not calibrated"
@@ -59,6 +60,37 @@ def calibrated_profile_name(target: str, threads: int) -> str:
 def calibration_path(name: str) -> Path:
     """The fit record saved beside profile ``name``: ``<name>.calibration.json``."""
     return profiles_dir() / f"{name}.calibration.json"
+
+
+def validation_path(name: str) -> Path:
+    """The held-out validation scores saved beside profile ``name``: ``<name>.validation.json``
+    (written by ``greencc cost validate``, read by the report's energy headline)."""
+    return profiles_dir() / f"{name}.validation.json"
+
+
+def save_validation(name: str, record: Mapping[str, Any]) -> Path:
+    """Write the validation ``record`` of calibrated profile ``name``; returns its path."""
+    path = validation_path(name)
+    _write_json_atomic(path, {"schema": VALIDATION_SCHEMA, **record})
+    return path
+
+
+def find_validation(name: str) -> dict[str, Any] | None:
+    """The validation record of profile ``name`` made on this machine, or ``None`` (none
+    saved, unreadable, another schema, or made on another machine)."""
+    path = validation_path(name)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
+        log.warning("ignoring the validation record %s: %s", path, exc)
+        return None
+    if not isinstance(record, dict) or record.get("schema") != VALIDATION_SCHEMA:
+        return None
+    if not _same_machine(record.get("machine") or {}, machine_info()):
+        return None
+    return record
 
 
 def machine_info() -> dict[str, Any]:

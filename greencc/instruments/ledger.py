@@ -10,7 +10,14 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from greencc.cost.estimate import estimate_cost
-from greencc.cost.kernel_model import ENERGY_UNCALIBRATED_MARK
+from greencc.cost.kernel_model import (
+    ENERGY_UNCALIBRATED_MARK,
+    Calibration,
+    KernelModel,
+    find_calibration,
+    find_validation,
+    node_features,
+)
 from greencc.model import DecoderSpec
 from greencc.pipeline.instruments import Instrument, PassRecord
 from greencc.report.ledger import PassRow, Report
@@ -27,6 +34,8 @@ MeasureModel = Callable[["Model", Mapping[str, int]], dict[str, Any]]
 # The past a decoder's per-token figures are priced after: a decode step's cost grows with
 # the KV cache it reads, so the figure states the context it holds for.
 DECODE_CONTEXT_TOKENS = 128
+# The report lists this many of the final model's costliest nodes.
+COSTLIEST_NODES = 10
 
 
 class LedgerInstrument(Instrument):
@@ -36,7 +45,13 @@ class LedgerInstrument(Instrument):
     (a callable ``(model, dims) -> {"latency", "energy"} | {"error"}``, see
     ``greencc.driver``), the input model and the model after every pass that modified it
     are measured too; a row whose pass changed nothing (or was rolled back) reuses the
-    previous figure and names the row it comes from.
+    previous figure and names the row it comes from. The input model is measured twice
+    (the second latency in ``report.baseline_repeats``) so that the report can warn when repeated
+    measurements disagree beyond their spread.
+
+    Where the target was calibrated on this machine, the calibrated kernel model prices
+    the input and the final model too (``report.kernel_estimate``); the report also gets
+    this machine's validation of the profile and the final model's costliest nodes.
     """
 
     def __init__(self, report: Report, measure: MeasureModel | None = None) -> None:
@@ -45,13 +60,32 @@ class LedgerInstrument(Instrument):
         self._last_step: dict[str, Any] | None = None
         self._measure = measure
         self._last_measured: tuple[int, dict[str, Any]] | None = None
+        self._calibration: Calibration | None = None
 
     def enter_pipeline(self, model: Model, ctx: PassContext) -> None:
         self._last_cost = self._estimate(model, ctx)
+        if self._last_cost is not None:
+            self.report.unpriced_nodes["input"] = self._last_cost.unpriced_nodes()
         self._last_step = self._decode_step(model, ctx)
         row = self._row("(input)", model, PassRecord("(input)", False), ctx)
         self._add_measurement(row, model, ctx, changed=True)
+        if row.measured is not None and "latency" in row.measured:
+            repeat = self._measure(model, ctx.dims)  # type: ignore[misc]
+            if "latency" in repeat:
+                self.report.baseline_repeats.append(repeat["latency"])
         self.report.rows.append(row)
+        self._calibration = _calibration_for(ctx)
+        if ctx.profile is not None:
+            self.report.validation = find_validation(ctx.profile.name)
+        kernel = self._kernel_figure(model, ctx)
+        if kernel is not None and self._calibration is not None:
+            self.report.kernel_estimate = {
+                "label": (f"estimate: model:kernels({self._calibration.profile.name}, latency calibrated on this "
+                          "machine, priced over greencc's graph; energy = dynamic energy from the profile's "
+                          "pJ/MAC and pJ/byte + static power × kernel-model latency)"),
+                "profile": self._calibration.profile.name,
+                "original_ms": kernel[0], "original_mj": kernel[1], "final_ms": None, "final_mj": None,
+            }
 
     def after_pass(self, pass_: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:
         previous = self._last_cost
@@ -81,6 +115,21 @@ class LedgerInstrument(Instrument):
         self.report.near_misses = [
             {"pass": m.pass_name, "node": m.node, "reason": m.reason} for m in ctx.near_misses
         ]
+        kernel = self._kernel_figure(model, ctx)
+        if kernel is not None and self.report.kernel_estimate is not None:
+            self.report.kernel_estimate.update(final_ms=kernel[0], final_mj=kernel[1])
+        if self._last_cost is not None:
+            self.report.costliest_nodes = _costliest(self._last_cost)
+            self.report.unpriced_nodes["final"] = self._last_cost.unpriced_nodes()
+
+    def _kernel_figure(self, model: Model, ctx: PassContext) -> tuple[float, float] | None:
+        """(ms, mJ) per inference of ``model`` by the calibrated kernel model, if any."""
+        calibration, cost = self._calibration, self._last_cost
+        if calibration is None or cost is None:
+            return None
+        kernel_model = KernelModel.from_dict(calibration.fit["kernel_model"])
+        latency_s = kernel_model.predict_s(node_features(model, calibration.profile, ctx.dims))
+        return latency_s * 1e3, cost.dynamic_energy_mj + calibration.profile.static_power_w * latency_s * 1e3
 
     def _estimate(self, model: Model, ctx: PassContext) -> CostEstimate | None:
         if ctx.profile is None:
@@ -118,6 +167,28 @@ class LedgerInstrument(Instrument):
             energy_method=self.report.energy_method if cost else None,
             per_token=dict(self._last_step) if self._last_step is not None else None,
         )
+
+
+def _calibration_for(ctx: PassContext) -> Calibration | None:
+    """This machine's calibration of the context's target, when the context prices with
+    its calibrated profile (as the driver picks it for a target given by name)."""
+    if ctx.target is None or ctx.profile is None or not getattr(ctx.profile, "calibrated", False):
+        return None
+    calibration = find_calibration(ctx.target.name, ctx.target.options.get("threads"))
+    if calibration is None or calibration.profile.name != ctx.profile.name:
+        return None
+    if "kernel_model" not in calibration.fit:
+        return None
+    return calibration
+
+
+def _costliest(cost: CostEstimate) -> list[dict[str, Any]]:
+    """The ``COSTLIEST_NODES`` nodes of ``cost`` with the most estimated energy."""
+    total = cost.energy_mj or 1.0
+    nodes = sorted(cost.nodes, key=lambda n: n.energy_mj, reverse=True)[:COSTLIEST_NODES]
+    return [{"name": n.name, "op_type": n.op_type, "module": n.module, "macs": n.macs,
+             "latency_ms": n.latency_ms, "energy_mj": n.energy_mj, "share": n.energy_mj / total,
+             "bound": n.bound} for n in nodes]
 
 
 def new_report(model: Model, ctx: PassContext, pipeline: str) -> Report:

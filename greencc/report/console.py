@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from greencc.report.unpriced import unpriced_lines
+
 if TYPE_CHECKING:
     from greencc.report.ledger import PassRow, Report
 
@@ -78,6 +80,33 @@ def _measured_footer(report: Report) -> list[str]:
     return lines
 
 
+def _measured_energy_title(report: Report) -> str:
+    """``meas. mJ`` only when every per-pass energy figure was read from a meter; CPU time ×
+    per-core power is an estimate and its column says so."""
+    energies = [row.measured["energy"] for row in report.rows if row.measured and row.measured.get("energy")]
+    measured = all(e.get("measured", True) and not e.get("method", "").startswith("estimate") for e in energies)
+    return "meas. mJ" if energies and measured else "cpu-est mJ"
+
+
+def _headline_lines(report: Report) -> list[str]:
+    """The energy headline (the best-validated figure, with its label and validation error)
+    and the noise warnings that qualify any measurement."""
+    headline = report.headline()
+    lines = []
+    if headline is not None:
+        ratio = f" ({headline['ratio']:.2f}×)" if headline.get("ratio") is not None else ""
+        grams = ""
+        if headline.get("final_g_per_1k") is not None:
+            grams = (f"; {_num(headline['original_g_per_1k'], '.4g')} -> {headline['final_g_per_1k']:.4g} "
+                     "gCO2e per 1k inferences")
+        lines += [f"ENERGY: {_num(headline['original_mj'], '.3f')} -> {headline['final_mj']:.3f} mJ/inference"
+                  f"{ratio}{grams}",
+                  f"  by {headline['label']}",
+                  f"  validation: {headline['validation_text']}",
+                  f"  why this figure: {headline['why']}"]
+    return lines + report.noise_warnings()
+
+
 def render_report(report: Report, width: int = 140) -> str:
     """Plain text (no colour codes) of the ledger table and summary lines."""
     table = Table(title=f"greencc ledger — target {report.target or '-'}, "
@@ -90,7 +119,7 @@ def render_report(report: Report, width: int = 140) -> str:
         ("Δ mJ", "right"),
     ]
     if with_measured:
-        columns += [("meas. ms", "right"), ("meas. mJ", "right")]
+        columns += [("meas. ms", "right"), (_measured_energy_title(report), "right")]
         width = max(width, 170)
     columns += [("fidelity", "left"), ("wall ms", "right"), ("notes", "left")]
     for column, justify in columns:
@@ -113,9 +142,17 @@ def render_report(report: Report, width: int = 140) -> str:
         )
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
+    for line in _headline_lines(report):  # the report leads with its one energy headline
+        console.print(line, markup=False)
     console.print(table)
     for line in _measured_footer(report):
         console.print(line, markup=False)
+    for key, label in (("input", "input model"), ("final", "final model")):
+        lines = unpriced_lines(report.unpriced_nodes.get(key) or [], report.rows[0 if key == "input" else -1].nodes)
+        for line in lines[:1]:
+            console.print(f"{label} {line}", markup=False)
+        for line in lines[1:]:
+            console.print(line, markup=False)
     summary = report.summary()
     if summary:
         nodes = summary["nodes"]
@@ -140,8 +177,8 @@ def render_report(report: Report, width: int = 140) -> str:
         console.print(_simulated_line(report.simulated), markup=False)
     figures = report.energy_figures()
     if figures:
-        console.print(f"energy and carbon per inference, original -> final; {report.factors().describe()}:",
-                      markup=False)
+        console.print(f"detail: every energy and carbon figure per inference, original -> final; "
+                      f"{report.factors().describe()}:", markup=False)
         for figure in figures:
             console.print("  " + _energy_line(figure), markup=False)
     per_token = report.per_token_figures()

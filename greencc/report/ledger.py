@@ -24,6 +24,9 @@ from greencc.measure.carbon import CarbonFactors
 from greencc.report import strict_json
 
 SCHEMA = "greencc.report/1"
+# Repeated measurements of one model whose p10-p90 ranges miss each other by less than
+# this ratio of medians are ordinary drift on a shared machine, not a warning.
+NOISE_MIN_RATIO = 1.1
 
 
 @dataclass
@@ -110,6 +113,27 @@ class Report:
     simulated: dict[str, Any] | None = None
     near_misses: list[dict[str, str]] = field(default_factory=list)
     config: dict[str, Any] | None = None
+    # The calibrated kernel model's figures for the original and the final model, where
+    # this target was calibrated on this machine (``greencc cost calibrate``): "label",
+    # "profile", "original_ms" / "final_ms", "original_mj" / "final_mj" (per inference).
+    kernel_estimate: dict[str, Any] | None = None
+    # Further latency measurements (LatencyStats dicts, ms) of the input model, taken to
+    # check the measurements' noise (see noise_warnings).
+    baseline_repeats: list[dict[str, Any]] = field(default_factory=list)
+    # This machine's held-out validation of the profile the estimates used (``greencc cost
+    # validate``): "created", "cases", "threads" and "scores" per predictor ("kernel_model",
+    # "roofline_calibrated", "roofline_uncalibrated": "median_abs_pct", "p90_abs_pct",
+    # "spearman" of latency); None where it was never validated here.
+    validation: dict[str, Any] | None = None
+    # The final model's costliest nodes by estimated energy: "name", "op_type", "module",
+    # "macs", "latency_ms", "energy_mj", "share" (of the model's estimated energy), "bound".
+    costliest_nodes: list[dict[str, Any]] = field(default_factory=list)
+    # The nodes the cost model could not price (counted as 0 MACs or 0 bytes) in the input
+    # ("input") and the final ("final") model: CostEstimate.unpriced_nodes() dicts.
+    unpriced_nodes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # A search's candidates, for the HTML report's Pareto front (search fills it): "points",
+    # each {"label", "latency_ms", "energy_mj", "fidelity", "on_front"}, and "energy_label".
+    search: dict[str, Any] | None = None
     greencc_version: str = ""
     created: str = ""
     schema: str = SCHEMA
@@ -212,9 +236,15 @@ class Report:
 
         if self.rows and self.rows[-1].est_energy_mj is not None:
             profile = self.profile["name"] if self.profile else "?"
+            calibrated = bool(self.profile and self.profile.get("calibrated"))
             add("estimate", "model:cost", self.energy_method or f"estimate: model:cost({profile})",
                 self.rows[0].est_energy_mj, self.rows[-1].est_energy_mj,
-                {"profile": profile})
+                {"profile": profile, "validation": self._score(
+                    "roofline_calibrated" if calibrated else "roofline_uncalibrated")})
+        kernel = self.kernel_estimate
+        if kernel and kernel.get("final_mj") is not None:
+            add("estimate", "model:kernels", kernel["label"], kernel.get("original_mj"), kernel["final_mj"],
+                {"profile": kernel.get("profile"), "validation": self._score("kernel_model")})
         if self.simulated and self.simulated.get("energy_mj") is not None:
             add("simulated", "simulated", self.simulated.get("label", "simulated"), None,
                 self.simulated["energy_mj"], {"cycles": self.simulated.get("cycles"),
@@ -232,6 +262,72 @@ class Report:
                  "idle_power_w": [baseline.get("idle_power_w") if baseline else None,
                                   final.get("idle_power_w") if final else None]})
         return figures
+
+    def _score(self, predictor: str) -> dict[str, Any] | None:
+        """The validation score of ``predictor`` with the validation's date and size."""
+        score = ((self.validation or {}).get("scores") or {}).get(predictor)
+        if not score:
+            return None
+        return {"median_abs_pct": score.get("median_abs_pct"), "p90_abs_pct": score.get("p90_abs_pct"),
+                "spearman": score.get("spearman"), "cases": self.validation.get("cases"),  # type: ignore[union-attr]
+                "created": self.validation.get("created"), "of": "latency"}  # type: ignore[union-attr]
+
+    def headline(self) -> dict[str, Any] | None:
+        """The energy figure the report leads with: the best-validated one available.
+
+        A meter's measurement first, else the calibrated kernel model, else the roofline
+        estimate, else a simulator's figure, else the CPU-time estimate of a measurement
+        run. The :meth:`energy_figures` entry, plus ``why`` (why it leads) and
+        ``validation_text`` (its validation error in words); ``None`` without any figure.
+        """
+        figures = [f for f in self.energy_figures() if f["final_mj"] is not None]
+        if not figures:
+            return None
+
+        def rank(figure: dict[str, Any]) -> int:
+            if figure["kind"] == "measured":
+                return 0
+            return {"model:kernels": 1, "model:cost": 2, "simulated": 3}.get(figure["method"], 4)
+
+        best = min(figures, key=rank)
+        why = {
+            0: "measured by an energy meter",
+            1: "no energy meter here; the kernel model calibrated on this machine is the best-validated estimate",
+            2: "no energy meter and no calibration of this target on this machine "
+               "(`greencc cost calibrate` adds the calibrated kernel model)",
+            3: "no energy meter; the target's simulator",
+            4: "no meter: CPU time × per-core power",
+        }[rank(best)]
+        return {**best, "why": why, "validation_text": validation_text(best)}
+
+    def baseline_latencies(self) -> list[dict[str, Any]]:
+        """Every separate latency measurement (LatencyStats dicts, ms) of the original model
+        this report holds: the input row's, its repeats, and the baseline's when it was
+        measured on its own."""
+        first = (self.rows[0].measured or {}) if self.rows else {}
+        candidates = [first.get("latency"), *self.baseline_repeats, (self.baseline_measured or {}).get("latency")]
+        found: list[dict[str, Any]] = []
+        for stats in candidates:
+            if stats and stats not in found:
+                found.append(stats)
+        return found
+
+    def noise_warnings(self) -> list[str]:
+        """One line per pair of baseline measurements that disagree beyond their spread:
+        their p10–p90 ranges do not overlap and the medians differ by at least
+        ``NOISE_MIN_RATIO``."""
+        samples = self.baseline_latencies()
+        warnings = []
+        for i, a in enumerate(samples):
+            for b in samples[i + 1:]:
+                low, high = sorted((a, b), key=lambda s: s["median_ms"])
+                if low["p90_ms"] < high["p10_ms"] and high["median_ms"] >= NOISE_MIN_RATIO * low["median_ms"]:
+                    warnings.append(
+                        f"noise: the original model measured {a['median_ms']:.3f} ms (p10-p90 {a['p10_ms']:.3f}-"
+                        f"{a['p90_ms']:.3f}) and {b['median_ms']:.3f} ms ({b['p10_ms']:.3f}-{b['p90_ms']:.3f}) "
+                        "in repeated runs, beyond their spread: the machine was busy or throttling, so the "
+                        "measured figures are unreliable; measure again on a quiet machine")
+        return warnings
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -290,6 +386,21 @@ class Report:
         from greencc.report.console import render_report
 
         return render_report(self, width=width)
+
+
+def validation_text(figure: dict[str, Any]) -> str:
+    """An energy figure's validation in words: its held-out latency error where ``greencc
+    cost validate`` scored it on this machine, or why it has none."""
+    if figure["kind"] == "measured":
+        return "a measurement (no model error; see the noise check)"
+    score = figure.get("validation")
+    if not score:
+        if figure["method"] in ("model:cost", "model:kernels"):
+            return "not validated on this machine (run `greencc cost validate`)"
+        return "not validated"
+    return (f"latency validated on {score['cases']} held-out models on this machine ({score['created']}): "
+            f"median error {score['median_abs_pct']:.1f}%, p90 {score['p90_abs_pct']:.1f}%; "
+            "energy terms follow the profile's sources")
 
 
 def _json_default(value: Any) -> Any:
