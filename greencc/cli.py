@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import unicodedata
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, TextIO
 
 from greencc.errors import EXIT_CODES, GreenccError, SystemResourceError, UsageError
 
@@ -308,6 +309,18 @@ def _printable(line: str) -> str:
 _UNPRINTABLE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 
+class _PrintableStream(io.TextIOBase):
+    """A text stream writing through :func:`_printable` to ``stream``: IR dumps print node
+    and value names, which a model may fill with terminal escape sequences."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write("\n".join(_printable(line) for line in text.split("\n")))
+        return len(text)
+
+
 def _out(text: str) -> None:
     sys.stdout.write("\n".join(_printable(line) for line in text.rstrip("\n").split("\n")) + "\n")
 
@@ -329,7 +342,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise UsageError(f"--report-json {args.report_json} is a directory",
                          hint="give a file name, e.g. --report-json report.json")
     config = _compile_config(args)
-    instruments = [PrintIRInstrument(args.print_ir_after)] if args.print_ir_after else []
+    instruments = ([PrintIRInstrument(args.print_ir_after, stream=_PrintableStream(sys.stderr))]
+                   if args.print_ir_after else [])
     with _status("loading, optimizing, verifying and lowering", args.quiet):
         compiled = compile_model(
             config=config,
@@ -394,6 +408,7 @@ def _plugin_entry(plugin: str) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``greencc inspect``."""
     from greencc.driver import inspect
+    from greencc.report.unpriced import unpriced_lines
 
     with _status("loading and estimating"):
         info = inspect(args.model, args.target, profile=args.profile, dims=_parse_dims(args.dim), top=args.top)
@@ -418,6 +433,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ]
         if cost.get("unknown_ops"):
             lines.append(f"no cost model for: {', '.join(cost['unknown_ops'])} (counted as 0)")
+        lines += unpriced_lines(cost.get("unpriced_nodes") or [], info["nodes"])
         lines.append("costliest nodes (energy):")
         for node in info.get("top_nodes", []):
             where = f"  [{node['module']}]" if node.get("module") else ""
@@ -482,6 +498,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """``greencc bench``."""
     from greencc.measure.carbon import CarbonFactors, carbon_per_inference
+    from greencc.measure.latency import describe_shapes
     from greencc.target import CompiledModel
     from greencc.verify.feeds import random_feeds
 
@@ -495,7 +512,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UsageError("--energy measures one inference; --generate times generation",
                              hint="run them separately")
         return _bench_generation(compiled, args)
-    feeds = random_feeds(compiled.model, seed=args.seed, dims=_parse_dims(args.dim))
+    feeds = random_feeds(compiled.model, seed=args.seed, dims={**compiled.dims, **_parse_dims(args.dim)})
     stats = compiled.benchmark(feeds, warmup=args.warmup, repeats=args.repeats)
     energy = carbon = None
     if args.energy:
@@ -510,7 +527,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _out(json.dumps({**stats.to_dict(), **extra}, indent=2))
     else:
         _out(f"{args.artifact}: median {stats.median_ms:.3f} ms (p10 {stats.p10_ms:.3f}, p90 {stats.p90_ms:.3f}; "
-             f"{stats.repeats} runs after {stats.warmup} warm-up, {stats.threads} threads)")
+             f"{stats.repeats} runs after {stats.warmup} warm-up, {stats.threads} threads) "
+             f"at {describe_shapes(stats.shapes or {})}")
         if energy is not None and carbon is not None:
             _out(f"energy: {energy}")
             _out(f"carbon: {carbon.g_per_1k_inferences:.4g} gCO2e per 1k inferences [{energy.label}]; "
@@ -678,8 +696,10 @@ def _cost_validate(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     if args.write_benchmarks:
         write_section(args.write_benchmarks, report.to_markdown())
+    saved = report.save()  # the compile report's energy headline quotes these errors
     if not args.quiet:
         _out(report.to_markdown())
+        _out(f"wrote the scores to {', '.join(map(str, saved))}")
     return 0
 
 
