@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ from greencc.pipeline.text import Pipeline
 from greencc.report.ledger import Report
 from greencc.target import UNSUPPORTED, CompiledModel, Target, resolve_target
 from greencc.verify.feeds import DECODER_DEFAULT_DIMS, random_feeds
+from greencc.verify.fidelity import is_language_model
 
 ModelLike = Model | str | os.PathLike | bytes | onnx.ModelProto
 
@@ -53,17 +55,58 @@ def as_model(model: ModelLike) -> Model:
     return load(model)
 
 
-def resolve_dims(model: Model, dims: Mapping[str, int] | None) -> dict[str, int]:
-    """Bind every symbolic input dim: given values first, 1 for the rest. A decoder's
-    ``seq`` and ``past_seq`` default to ``DECODER_DEFAULT_DIMS`` and ``total_seq`` is
-    always their sum."""
-    resolved = {name: 1 for name in symbolic_dims(model.ir)}
-    if DecoderSpec.of(model) is not None:
-        resolved.update(DECODER_DEFAULT_DIMS)
-    resolved.update({k: int(v) for k, v in (dims or {}).items()})
+def resolve_dims(
+    model: Model, dims: Mapping[str, int] | None, calibration: CalibrationData | None = None
+) -> dict[str, int]:
+    """Bind every symbolic input dim, each from the first source that has it: ``dims``,
+    the array shapes of the first ``calibration`` batch (not for a decoder, whose prompts
+    say nothing of its decode shapes), the example inputs ``from_torch`` exported the model
+    with. A decoder's ``batch``, ``seq`` and ``past_seq`` default to
+    ``DECODER_DEFAULT_DIMS`` and ``total_seq`` is always ``seq + past_seq``. Any other
+    dim is bound to 1 with a warning that names it."""
+    decoder = DecoderSpec.of(model) is not None
+    sources = [
+        {k: int(v) for k, v in (dims or {}).items()},
+        {} if calibration is None or decoder else calibration_dims(model, calibration),
+        dict(model.provenance.options.get("example_dims") or {}),
+        DECODER_DEFAULT_DIMS if decoder else {},
+    ]
+    resolved: dict[str, int] = {}
+    defaulted: list[str] = []
+    for name in symbolic_dims(model.ir):
+        size = next((source[name] for source in sources if name in source), None)
+        if size is None and not (decoder and name == "total_seq"):
+            defaulted.append(name)
+        resolved[name] = 1 if size is None else size
+    resolved.update(sources[0])
+    if decoder:
+        resolved = {**DECODER_DEFAULT_DIMS, **resolved}
     if "total_seq" in resolved and "seq" in resolved and "past_seq" in resolved:
         resolved["total_seq"] = resolved["seq"] + resolved["past_seq"]
+    if defaulted:
+        names = ", ".join(f"'{name}'" for name in defaulted)
+        example = " ".join(f"--dim {name}=N" for name in defaulted)
+        warnings.warn(
+            f"symbolic dim(s) {names} of {model.provenance.source} not given: priced and run at 1 "
+            f"(give them with {example}, dims={{...}}, or calibration data of the shape you deploy)",
+            stacklevel=4,
+        )
     return resolved
+
+
+def calibration_dims(model: Model, calibration: CalibrationData) -> dict[str, int]:
+    """The symbolic input dims of ``model`` as the first batch of ``calibration`` binds them
+    (``{"batch": 1, "seq": 128}`` for arrays of shape (1, 128))."""
+    feeds = next(iter(calibration), None) or {}
+    bound: dict[str, int] = {}
+    for value in model.graph.inputs:
+        array = feeds.get(value.name)
+        if value.shape is None or not isinstance(array, np.ndarray) or array.ndim != len(value.shape):
+            continue
+        for dim, size in zip(value.shape, array.shape, strict=True):
+            if not isinstance(dim, int) and dim.value:
+                bound.setdefault(dim.value, int(size))
+    return bound
 
 
 def optimize(
@@ -81,19 +124,22 @@ def optimize(
     reproducer_dir: str | os.PathLike | None = None,
     measure_model: MeasureModel | None = None,
     config: CompileConfig | None = None,
+    labels: Any = None,
 ) -> tuple[Model, Report]:
     """Run ``pipeline`` over ``model`` with verification and the ledger; the input is not
     modified. Returns the rewritten model and its :class:`Report` (estimates for the
     target's hardware profile at ``dims``). ``measure_model`` ``(model, dims) -> dict``
     measures the input and the model after every pass that changed it, into each row's
     ``measured`` (``compile(measure=True)`` passes one that lowers to the target).
-    ``config`` is the :class:`CompileConfig` recorded in the report and in reproducers."""
+    ``config`` is the :class:`CompileConfig` recorded in the report and in reproducers.
+    ``labels`` (one per calibration sample, in order) let verification score task accuracy,
+    which a budget's ``acc=`` term needs."""
     model = as_model(model)
     optimized, report, _ = _optimize(
         model, pipeline, target=target, profile=profile,
         calibration=_checked_calibration(calibration, model), budget=budget, dims=dims,
         verify=verify, seed=seed, instruments=instruments, reproducer_dir=reproducer_dir,
-        measure_model=measure_model, config=config,
+        measure_model=measure_model, config=config, labels=labels,
     )
     return optimized, report
 
@@ -113,6 +159,7 @@ def _optimize(
     reproducer_dir: str | os.PathLike | None,
     measure_model: MeasureModel | None,
     config: CompileConfig | None,
+    labels: Any = None,
 ) -> tuple[Model, Report, PassContext]:
     """``optimize`` on checked calibration data; also returns the run's context, which
     ``compile`` lowers with."""
@@ -124,7 +171,7 @@ def _optimize(
         calibration=calibration,
         budget=budget,
         seed=seed,
-        dims=resolve_dims(model, dims),
+        dims=resolve_dims(model, dims, calibration),
         verify=verify,
         reproducer_dir=reproducer_dir,
         config=config,
@@ -132,14 +179,39 @@ def _optimize(
     )
     manager = PassManager(pipeline)
     report = new_report(model, ctx, str(manager.pipeline))
+    batches = _label_batches(labels, calibration)
+    if verify and ctx.budget is not None:
+        missing = ctx.budget.uncheckable(labels=batches is not None, language_model=is_language_model(model))
+        if missing:
+            raise UsageError(
+                f"the fidelity budget '{ctx.budget}' cannot be checked on this model: {'; '.join(missing)}",
+                hint="give labels=... with the calibration data (Python API), or drop those terms from --budget",
+            )
+    verified = max(1, ctx.verification_samples)
     ctx.instruments = [
-        *([VerifyInstrument()] if verify else []),
+        *([VerifyInstrument(batches[:verified] if batches is not None else None)] if verify else []),
         LedgerInstrument(report, measure=measure_model),
         *instruments,
     ]
     with ctx:
         optimized = manager.run(model, ctx)
     return optimized, report, ctx
+
+
+def _label_batches(labels: Any, calibration: CalibrationData | None) -> list[np.ndarray] | None:
+    """``labels`` (one per calibration sample) split like the calibration batches, or None
+    without labels. Raises ``UsageError`` without calibration data or on a count mismatch."""
+    if labels is None:
+        return None
+    if calibration is None:
+        raise UsageError("labels were given without the calibration samples they label",
+                         hint="pass calibration=... with one label per sample, in the same order")
+    array = np.asarray(labels)
+    sizes = [len(next(iter(feeds.values()))) for feeds in calibration]
+    if array.ndim == 0 or len(array) != sum(sizes):
+        raise UsageError(f"{array.size if array.ndim == 0 else len(array)} labels for {sum(sizes)} calibration samples",
+                         hint="give one label per calibration sample, in the same order")
+    return np.split(array, np.cumsum(sizes)[:-1])
 
 
 def compile(  # noqa: A001 - the public verb of a compiler
@@ -164,6 +236,7 @@ def compile(  # noqa: A001 - the public verb of a compiler
     energy_window_s: float = 1.0,
     plugins: Sequence[str | os.PathLike] = (),
     config: CompileConfig | None = None,
+    labels: Any = None,
 ) -> CompiledModel:
     """Optimize ``model`` with ``pipeline``, legalize and lower it for ``target``.
 
@@ -188,7 +261,9 @@ def compile(  # noqa: A001 - the public verb of a compiler
     ``target_options`` go to the target's constructor (``greencc targets`` lists each
     target's options, e.g. tvm-llvm's ``tune_budget_s``); ``threads`` is one of them.
     ``plugins`` (``.py`` files or module names) are loaded first: their passes and targets
-    can be named in ``pipeline`` and ``target``.
+    can be named in ``pipeline`` and ``target``. ``labels`` (one per calibration sample,
+    in order) let verification score task accuracy, which a budget's ``acc=`` term needs;
+    a budget term that cannot be checked on the model is refused (``UsageError``).
 
     For ``target="ort-cpu"`` given by name, a profile calibrated on this machine by
     ``greencc cost calibrate`` for the same thread count replaces the default one.
@@ -233,11 +308,13 @@ def compile(  # noqa: A001 - the public verb of a compiler
     optimized, report, ctx = _optimize(
         model, full, target=resolved, profile=None, calibration=data, budget=config.budget,
         dims=config.dims, verify=config.verify, seed=config.seed, instruments=instruments,
-        reproducer_dir=reproducer_dir, measure_model=measure_model, config=config,
+        reproducer_dir=reproducer_dir, measure_model=measure_model, config=config, labels=labels,
     )
     compiled = resolved.lower(optimized, ctx)
     compiled.report = report
     compiled.config = config
+    compiled.dims = dict(ctx.dims)
+    _warn_specialized(model, compiled)
     report.carbon_factors = factors.to_dict()
     if config.measure:
         final = _figures(report.rows[-1].measured)
@@ -254,6 +331,20 @@ def compile(  # noqa: A001 - the public verb of a compiler
     if output_dir is not None:
         compiled.save(output_dir)
     return compiled
+
+
+def _warn_specialized(model: Model, compiled: CompiledModel) -> None:
+    """Warn when the target fixed symbolic dims of ``model``: the artifact then accepts
+    only the shapes it was compiled at."""
+    fixed = [name for name in symbolic_dims(model.ir) if name not in compiled.dynamic_dims]
+    if fixed:
+        bound = ", ".join(f"{name}={compiled.dims[name]}" for name in fixed if name in compiled.dims)
+        warnings.warn(
+            f"target '{compiled.target}' compiles static shapes: the artifact accepts only "
+            f"{', '.join(str(spec) for spec in compiled.model.inputs)} ({bound}); "
+            f"compile again with {' '.join(f'--dim {name}=N' for name in fixed)} for other sizes",
+            stacklevel=3,
+        )
 
 
 def replay(directory: str | os.PathLike) -> Model:

@@ -38,6 +38,9 @@ class NodeCost:
     dispatch overhead); ``energy_mj`` in mJ (dynamic plus the static power drawn during
     ``latency_ms``); ``bound`` is ``compute``, ``memory`` or ``overhead`` (which term
     set the roofline time); ``module`` is the torch module it came from, when known.
+    ``weight_bytes`` are the bytes of the weights it reads; ``unpriced`` says why its work
+    was counted as 0 MACs or some of its tensors as 0 bytes (``"shape unknown"``, ``"no
+    cost function"``, ``"cost function failed"``, ``"tensor sizes unknown"``), else None.
     """
 
     name: str
@@ -53,6 +56,8 @@ class NodeCost:
     module: str | None = None
     domain: str = ""
     bound: str = "overhead"
+    weight_bytes: int = 0
+    unpriced: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of this node's cost."""
@@ -104,6 +109,18 @@ class CostEstimate:
         """Dynamic plus static energy per inference, in mJ."""
         return self.dynamic_energy_mj + self.static_energy_mj
 
+    def unpriced_nodes(self) -> list[dict[str, Any]]:
+        """The nodes whose work this estimate could not count (see ``NodeCost.unpriced``),
+        each with ``name``, ``op_type``, ``reason``, ``weight_bytes`` and ``weight_share``:
+        the fraction of the model's weight bytes the node reads, the part of the model it
+        stands for (a product's MACs grow with its weights)."""
+        total = self.weight_bytes or 1
+        return [
+            {"name": n.name, "op_type": n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}",
+             "reason": n.unpriced, "weight_bytes": n.weight_bytes, "weight_share": n.weight_bytes / total}
+            for n in self.nodes if n.unpriced is not None
+        ]
+
     def to_dict(self, *, include_nodes: bool = False) -> dict[str, Any]:
         """A JSON-serialisable dict; per-node costs only with ``include_nodes=True``."""
         data: dict[str, Any] = {
@@ -124,6 +141,7 @@ class CostEstimate:
             "parameters": self.parameters,
             "weight_bytes": self.weight_bytes,
             "unknown_ops": list(self.unknown_ops),
+            "unpriced_nodes": self.unpriced_nodes(),
             "notes": list(self.notes),
         }
         if include_nodes:
@@ -264,6 +282,14 @@ def _nbytes(value: ir.Value | None) -> int | None:
     return math.ceil(math.prod(shape) * bits / 8)
 
 
+def _weight_nbytes(node: ir.Node) -> int:
+    """Bytes of the weights (initializers and constants) ``node`` reads."""
+    return sum(
+        v.const_value.nbytes if v.const_value is not None else (_nbytes(v) or 0)
+        for v in node.inputs if v is not None and _is_weight(v)
+    )
+
+
 def _is_weight(value: ir.Value) -> bool:
     if value.is_initializer() or value.const_value is not None:
         return True
@@ -361,18 +387,22 @@ def _estimate(
 
     for node in graph:
         label = _label(node)
+        unpriced: str | None = None
         try:
             work = op_work(node)
         except ShapeUnknown:
             work = OpWork(op_class="other")
             unshaped.add(label)
+            unpriced = "shape unknown"
         except Exception:  # noqa: BLE001 - one cost function's bug must not stop the estimate
             log.warning("the cost function of %s failed on node %r", label, node.name, exc_info=True)
             work = OpWork(op_class="other")
             failed.add(label)
+            unpriced = "cost function failed"
         if work is None:
             unknown.add(label)
             work = OpWork(op_class="other")
+            unpriced = "no cost function"
         op_class = work.op_class if work.op_class in OP_CLASSES else "other"
         compute_dtype = profile.dtype_class(work.dtype)
         sparsity = _sparsity(node, profile)
@@ -392,6 +422,7 @@ def _estimate(
                     nbytes = _nbytes(value)
                     if nbytes is None:
                         unsized += 1
+                        unpriced = unpriced or "tensor sizes unknown"
                         continue
                     if is_read and index in work.partial_reads and first_output is not None:
                         nbytes = min(nbytes, first_output)
@@ -433,7 +464,7 @@ def _estimate(
             name=node.name or "", op_type=node.op_type, op_class=op_class, dtype=work.dtype,
             macs=node_macs, flops=work.flops, bytes_read=bytes_read, bytes_written=bytes_written,
             latency_ms=latency_s * _S_TO_MS, energy_mj=energy_mj, module=source_module(node),
-            domain=node.domain, bound=bound,
+            domain=node.domain, bound=bound, weight_bytes=_weight_nbytes(node), unpriced=unpriced,
         ))
         row = by_class.setdefault(op_class, {"macs": 0, "latency_ms": 0.0, "energy_mj": 0.0, "nodes": 0})
         row["macs"] += node_macs

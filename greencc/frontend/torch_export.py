@@ -112,6 +112,7 @@ def from_torch(
                     "input_names": names,
                     "output_names": list(output_names or []),
                     "dynamic_shapes": {k: dict(v) for k, v in dynamic.items()},
+                    "example_dims": _example_dims(dynamic, names, [*args, *kwargs.values()]),
                     "opset": opset if opset is not None else _default_opset(ir_model),
                 },
                 notes=notes,
@@ -124,6 +125,18 @@ def from_torch(
         hint="try exporter='legacy' or 'dynamo' explicitly, verbose=True to see the "
         "exporters' output, or simplify the forward()",
     )
+
+
+def _example_dims(dynamic: Mapping[str, Mapping[int, str]], names: list[str], tensors: list[Any]) -> dict[str, int]:
+    """Each dynamic dim's size in the example inputs: the shape the model is priced and
+    run at unless the caller binds another."""
+    sizes: dict[str, int] = {}
+    for name, tensor in zip(names, tensors, strict=True):
+        shape = getattr(tensor, "shape", None)
+        for axis, dim in dynamic.get(name, {}).items():
+            if shape is not None and axis < len(shape):
+                sizes.setdefault(dim, int(shape[axis]))
+    return sizes
 
 
 def _default_opset(ir_model: Any) -> int | None:

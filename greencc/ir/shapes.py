@@ -25,6 +25,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
 from greencc.errors import UsageError
+from greencc.ir.contrib_shapes import CONTRIB_SHAPE_RULES, NodeTypes
 from greencc.ir.io import INLINE_TENSOR_MAX_BYTES, to_self_contained_proto
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,53 @@ def _symbolic_shape_inference_class() -> Any:
     return module.SymbolicShapeInference
 
 
+@functools.cache
+def _contrib_aware_inference_class() -> Any:
+    """``SymbolicShapeInference`` that also knows :data:`CONTRIB_SHAPE_RULES`' ops."""
+    base = _symbolic_shape_inference_class()
+
+    class ContribAwareInference(base):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            for op_type in CONTRIB_SHAPE_RULES:
+                self.dispatcher_.setdefault(op_type, functools.partial(_apply_contrib_rule, self))
+
+    return ContribAwareInference
+
+
+def _apply_contrib_rule(inference: Any, node: onnx.NodeProto) -> None:
+    """Write the output types :data:`CONTRIB_SHAPE_RULES` gives ``node`` into ``inference``."""
+
+    def shape_of(index: int) -> list[int | str] | None:
+        dims = inference._try_get_shape(node, index) if index < len(node.input) and node.input[index] else None
+        return None if dims is None or any(d is None for d in dims) else list(dims)
+
+    def elem_type_of(index: int) -> int:
+        name = node.input[index] if index < len(node.input) else ""
+        if name in inference.known_vi_:
+            return inference.known_vi_[name].type.tensor_type.elem_type
+        if name in inference.initializers_:
+            return inference.initializers_[name].data_type
+        return onnx.TensorProto.UNDEFINED
+
+    outputs = CONTRIB_SHAPE_RULES[node.op_type](NodeTypes(node, shape_of, elem_type_of))
+    for name, (elem_type, dims) in zip(node.output, outputs or [], strict=False):
+        if name:
+            inference.known_vi_[name].CopyFrom(onnx.helper.make_tensor_value_info(name, elem_type, dims))
+
+
+def _run_symbolic_inference(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX Runtime's ``SymbolicShapeInference.infer_shapes`` (auto-merge, rank guessing),
+    keeping what it inferred when it stops early instead of raising: the nodes before the
+    one it could not type still get their shapes."""
+    inference = _contrib_aware_inference_class()(2**31 - 1, True, True, 0)
+    inference._preprocess(proto)
+    while inference.run_:
+        inference._infer_impl()
+    inference._update_output_from_vi()
+    return inference.out_mp_
+
+
 @contextlib.contextmanager
 def _working_directory(path: str):
     """``contextlib.chdir`` (Python 3.11+) for Python 3.10."""
@@ -129,18 +177,14 @@ def _working_directory(path: str):
 
 def _symbolic_shape_inference(model: ir.Model) -> None:
     try:
-        SymbolicShapeInference = _symbolic_shape_inference_class()
         proto = _proto_for_inference(model)
-        # When inference is incomplete the tool saves `sym_shape_infer_temp.onnx` and its
-        # weights (as external data, ~model size) into the current directory before raising:
-        # run it from a scratch directory so nothing lands in the user's.
+        # The tool may write scratch files into the current directory: run it from a
+        # scratch directory so nothing lands in the user's.
         with _silenced(_SYMBOLIC_MODULE), contextlib.redirect_stdout(io.StringIO()), \
                 tempfile.TemporaryDirectory(prefix="greencc-symshape-") as scratch, _working_directory(scratch):
-            inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
-    except Exception as exc:  # the tool raises bare Exceptions on ops it does not know
+            inferred = _run_symbolic_inference(proto)
+    except Exception as exc:  # the tool raises bare Exceptions (and asserts) on graphs it cannot follow
         log.info("symbolic shape inference failed: %s", exc)
-        return
-    if inferred is None:
         return
     by_name = {info.name: info for info in inferred.graph.value_info}
     by_name.update({info.name: info for info in inferred.graph.output})

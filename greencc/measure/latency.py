@@ -7,7 +7,7 @@ summary shows the spread, not just an average; the thread count is recorded with
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from time import perf_counter_ns
 from typing import Any
@@ -26,7 +26,8 @@ class LatencyStats:
     Percentiles use linear interpolation (numpy's default); ``iqr_ms`` is p75 - p25.
     ``repeats`` is the number of timed calls (at least the number asked for), ``warmup``
     the untimed calls before them, ``threads`` the intra-op thread count (``None`` when
-    the caller did not say).
+    the caller did not say), ``shapes`` the input shapes timed (input name -> dims; ``None``
+    when the caller did not say).
     """
 
     median_ms: float
@@ -39,6 +40,7 @@ class LatencyStats:
     repeats: int
     warmup: int
     threads: int | None
+    shapes: dict[str, list[int]] | None = None
 
     @classmethod
     def from_samples(
@@ -71,7 +73,13 @@ class LatencyStats:
         return (
             f"median {self.median_ms:.3f} ms (p10 {self.p10_ms:.3f}, p90 {self.p90_ms:.3f}, "
             f"IQR {self.iqr_ms:.3f}) over {self.repeats} runs after {self.warmup} warm-up{threads}"
+            + (f" at {describe_shapes(self.shapes)}" if self.shapes else "")
         )
+
+
+def describe_shapes(shapes: Mapping[str, Sequence[int]]) -> str:
+    """``input_ids[1, 128], attention_mask[1, 128]``."""
+    return ", ".join(f"{name}[{', '.join(map(str, dims))}]" for name, dims in shapes.items())
 
 
 def measure_latency(

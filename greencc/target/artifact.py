@@ -8,6 +8,7 @@ SHA-256 of every file, checked before a target reads any of them (see
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -30,6 +31,7 @@ from greencc.errors import (
     UsageError,
 )
 from greencc.frontend.hf import TOKENIZER_FILES, tokenizer_files
+from greencc.ir.shapes import symbolic_dims
 from greencc.model import DecoderSpec
 from greencc.target.generation import (
     DecodeSession,
@@ -68,7 +70,9 @@ class CompiledModel:
     ``target`` is the target's name, ``model`` the lowered greencc ``Model`` (its
     signature is what calls are checked against), ``options`` the target options it was
     built with, ``report`` the compile's ledger and ``config`` its
-    :class:`~greencc.config.CompileConfig` (each ``None`` when unknown). Subclasses implement
+    :class:`~greencc.config.CompileConfig` (each ``None`` when unknown). ``dims`` are the
+    sizes of the symbolic input dims it was compiled and priced at, which ``benchmark()``
+    times by default; :attr:`dynamic_dims` the dims its inputs still leave open. Subclasses implement
     ``_run``, ``_save_artifact`` and ``_load_artifact``, and ``with_options`` where a
     running option (threads) can change after lowering.
     """
@@ -88,6 +92,7 @@ class CompiledModel:
         self.report = report
         self.profile_name = profile_name
         self.config: CompileConfig | None = None
+        self.dims: dict[str, int] = {}
         # The directory whose tokenizer files the artifact carries: the Hugging Face folder
         # the model came from, or the artifact directory it was loaded from.
         self.tokenizer_directory: Path | None = _source_directory(model)
@@ -118,6 +123,11 @@ class CompiledModel:
     def _run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    @property
+    def dynamic_dims(self) -> list[str]:
+        """The symbolic dims of the inputs: the ones a call may size freely (together)."""
+        return symbolic_dims(self.model.ir)
+
     def with_options(self, **options: Any) -> CompiledModel:
         """A copy running with changed target options (e.g. ``threads``)."""
         raise UsageError(
@@ -134,7 +144,9 @@ class CompiledModel:
         min_time_s: float = 0.0,
         threads: int | None = None,
     ) -> LatencyStats:
-        """Measure latency per call (ms) on ``feeds`` (random ones, seed 0, when ``None``).
+        """Measure latency per call (ms) on ``feeds`` (when ``None``: random ones, seed 0, at
+        the :attr:`dims` it was compiled at). The input shapes timed are in the result's
+        ``shapes``.
 
         ``threads`` runs the benchmark with that many intra-op threads where the target
         supports changing it; the count used is recorded in the result.
@@ -147,15 +159,18 @@ class CompiledModel:
         if feeds is None:
             from greencc.verify.feeds import random_feeds
 
-            feeds = random_feeds(self.model, seed=0)
+            feeds = random_feeds(self.model, seed=0, dims=self.dims)
         arrays = runner.check_feeds(feeds)
-        return measure_latency(
+        stats = measure_latency(
             lambda: runner._run(arrays),
             warmup=warmup,
             repeats=repeats,
             min_time_s=min_time_s,
             threads=runner.options.get("threads"),
         )
+        shapes = {name: [int(d) for d in np.shape(array)] for name, array in arrays.items()
+                  if isinstance(array, np.ndarray)}
+        return dataclasses.replace(stats, shapes=shapes)
 
     # -- generation (decoders) -----------------------------------------------------------
     def generate(
@@ -244,6 +259,8 @@ class CompiledModel:
             "report": REPORT_NAME if self.report is not None else None,
             "tokenizer": [path.name for path in self._tokenizer_files()] or None,
             "config": self.config.to_dict() if self.config is not None else None,
+            "dims": dict(self.dims),
+            "dynamic_dims": self.dynamic_dims,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
 
@@ -333,6 +350,7 @@ class CompiledModel:
         if manifest.get("report"):
             compiled.report = _load_report(path / REPORT_NAME)
         compiled.config = _manifest_config(path, manifest.get("config"))
+        compiled.dims = _manifest_dims(path, manifest.get("dims"))
         compiled.tokenizer_directory = path if manifest.get("tokenizer") else None
         return compiled
 
@@ -447,6 +465,21 @@ def _manifest_problems(manifest: Any) -> str:
         if name not in TOKENIZER_FILES:
             return f"tokenizer file {name!r} is not one greencc copies"
     return ""
+
+
+def _manifest_dims(directory: Path, data: Any) -> dict[str, int]:
+    """The manifest's ``dims`` (absent in older artifacts: none)."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(
+        isinstance(name, str) and isinstance(size, int) and not isinstance(size, bool) and size > 0
+        for name, size in data.items()
+    ):
+        raise ModelLoadError(
+            f"{directory}/{MANIFEST_NAME}: 'dims' must map dim names to positive sizes, got {data!r}",
+            hint="the manifest is corrupt or from another greencc version; compile again",
+        )
+    return dict(data)
 
 
 def _manifest_config(directory: Path, data: Any) -> CompileConfig | None:

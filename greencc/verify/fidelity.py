@@ -79,7 +79,8 @@ class FidelityBudget:
     """What a lossy pipeline may lose: ``cos=0.99`` (min cosine), ``abs=1e-3`` (max abs
     error), ``acc=0.01`` (max accuracy drop, absolute fraction), and for language models
     ``ppl=1.02`` (max perplexity ratio to the reference: +2%) and ``agree=0.95`` (min
-    greedy agreement, fraction). Language-model terms are not checked on other models."""
+    greedy agreement, fraction). A term a model cannot be checked against (``acc`` without
+    labels, a language-model term on another model) is refused: see :meth:`uncheckable`."""
 
     min_cosine: float | None = None
     max_abs_error: float | None = None
@@ -118,6 +119,18 @@ class FidelityBudget:
             except ValueError:
                 raise UsageError(f"bad number '{raw}' in fidelity budget '{text}'") from None
         return cls(**values)
+
+    def uncheckable(self, *, labels: bool, language_model: bool) -> list[str]:
+        """The terms of this budget that cannot be checked (each with what it lacks):
+        ``acc`` without ``labels``, ``ppl`` and ``agree`` on a model that is not a
+        ``language_model`` (an ``input_ids`` input and a ``logits`` output)."""
+        missing = []
+        if self.max_accuracy_drop is not None and not labels:
+            missing.append(f"acc={self.max_accuracy_drop} needs labels (one per calibration sample)")
+        for key, value in (("ppl", self.max_perplexity_ratio), ("agree", self.min_agreement)):
+            if value is not None and not language_model:
+                missing.append(f"{key}={value} needs a language model (an 'input_ids' input and a 'logits' output)")
+        return missing
 
     def check(self, fidelity: Fidelity) -> str | None:
         """``None`` when ``fidelity`` is within budget, else the reason it is not."""
@@ -189,9 +202,9 @@ class TokenTargets:
         unpadded (the last ``seq`` columns of a 2-D ``attention_mask``, 0 = padding); the
         last position of each sample, and a decode step (``seq`` = 1), have no target but
         count for agreement."""
-        names = [spec.name for spec in model.outputs]
-        if "logits" not in names or "input_ids" not in {spec.name for spec in model.inputs}:
+        if not is_language_model(model):
             return None
+        names = [spec.name for spec in model.outputs]
         targets, valid = [], []
         for feeds in samples:
             ids = np.asarray(feeds["input_ids"])
@@ -234,6 +247,11 @@ def language_model_scores(
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def is_language_model(model: Model) -> bool:
+    """Whether ``model`` predicts tokens: an ``input_ids`` input and a ``logits`` output."""
+    return "logits" in {spec.name for spec in model.outputs} and "input_ids" in {spec.name for spec in model.inputs}
 
 
 def measure_fidelity(
