@@ -156,6 +156,7 @@ class QuantizeWeights(Pass):
                     self.decline(ctx, site.node, f"sensitivity: kept in float for the budget ({report.budget})")
             stats.update(report.stats())
         applied = plan.apply(model, float_layers)
+        remove_dead_transposes(model.graph)
         stats.update(plan.stats(applied))
         return PassResult(model, bool(applied), stats)
 
@@ -188,21 +189,27 @@ class QuantizeWeights(Pass):
     def _matmul_site(self, node: ir.Node, index: int, is_head: bool) -> tuple[WeightSite | None, str]:
         if is_head and self.lm_head == "float":
             return None, "the lm_head stays float (lm_head=float)"
-        tensor = constant_tensor(node.inputs[1]) if len(node.inputs) > 1 else None
+        weight_value = node.inputs[1] if len(node.inputs) > 1 else None
+        tensor, transposed = constant_tensor(weight_value), False
         if tensor is None:
-            return None, f"the weight '{node.inputs[1].name if len(node.inputs) > 1 and node.inputs[1] else '?'}' is not a constant"
+            tensor, transposed = transposed_constant(weight_value), True
+        if tensor is None:
+            return None, f"the weight '{weight_value.name if weight_value else '?'}' is not a constant"
         if tensor.dtype != ir.DataType.FLOAT:
             return None, f"the weight is {tensor.dtype.name}, not float32"
         if len(tensor.shape) != 2:
             return None, f"the weight has rank {len(tensor.shape)}; MatMulNBits takes a 2-D [K, N] weight"
+        weight = np.asarray(tensor.numpy(), np.float32)
+        # A tied lm_head reads the embedding table through Transpose: quantize its transpose.
+        weight = np.ascontiguousarray(weight.T) if transposed else weight
         activation = node.inputs[0]
         if activation is None or activation.dtype not in (None, ir.DataType.FLOAT):
             return None, "the activation is not float32"
         bits = 8 if is_head and self.lm_head == "int8" else self.bits
-        reason = check_layout(int(tensor.shape[0]), bits, self.block)
+        reason = check_layout(int(weight.shape[0]), bits, self.block)
         if reason is not None:
             return None, reason
-        return WeightSite(node, "lm_head" if is_head else "matmul", np.asarray(tensor.numpy(), np.float32), index), ""
+        return WeightSite(node, "lm_head" if is_head else "matmul", weight, index), ""
 
     def _embedding_site(self, node: ir.Node, index: int, supported: set[str]) -> tuple[WeightSite | None, str]:
         tensor = constant_tensor(node.inputs[0])
@@ -221,6 +228,34 @@ class QuantizeWeights(Pass):
     def site_bits(self, site: WeightSite) -> int:
         """The bits ``site`` is quantized to (the lm_head may take 8 with ``lm_head=int8``)."""
         return 8 if site.kind == "lm_head" and self.lm_head == "int8" else self.bits
+
+
+def transposed_constant(value: ir.Value | None) -> ir.TensorProtocol | None:
+    """The constant 2-D tensor that ``value`` is the plain transpose of (``Transpose`` with
+    no perm or perm [1, 0]), or ``None``."""
+    producer = value.producer() if value is not None else None
+    if producer is None or producer.op_type != "Transpose" or producer.domain not in ("", "ai.onnx"):
+        return None
+    perm = producer.attributes.get("perm")
+    if perm is not None and list(perm.as_ints()) != [1, 0]:
+        return None
+    tensor = constant_tensor(producer.inputs[0])
+    return tensor if tensor is not None and len(tensor.shape) == 2 else None
+
+
+def remove_dead_transposes(graph: ir.Graph) -> None:
+    """Remove the Transpose nodes of constants that a rewrite left without readers, and the
+    initializers only they read."""
+    for node in list(graph):
+        if node.op_type != "Transpose" or transposed_constant(node.outputs[0]) is None:
+            continue
+        output = node.outputs[0]
+        if output.uses() or output.is_graph_output():
+            continue
+        source = node.inputs[0]
+        remove_node(node)
+        if source.is_initializer() and not source.uses() and not source.is_graph_output() and not source.is_graph_input():
+            del graph.initializers[source.name]
 
 
 def lm_head_node(graph: ir.Graph) -> ir.Node | None:
@@ -389,7 +424,6 @@ class WeightPlan:
         if self._energy is None:
             self._energy = {}
             if self.ctx.profile is not None:
-
                 before = estimate_cost(self.original, self.ctx.profile, dims=self.ctx.dims)
                 after = estimate_cost(self.build(frozenset()), self.ctx.profile, dims=self.ctx.dims)
                 # Each site is replaced by one node at its own position in the node order.

@@ -19,13 +19,16 @@ from greencc.data import CalibrationData
 from greencc.errors import UsageError
 from greencc.instruments.verify import VerifyInstrument
 from greencc.ir import to_self_contained_proto
+from greencc.passes.quantize.quantize_weights import lm_head_node
 from greencc.pipeline.base import get_pass_class
 from greencc.pipeline.context import PassContext
 from greencc.pipeline.manager import PassManager
 from greencc.pipeline.text import Pipeline
 from greencc.quant.blockwise import pack_matmul_nbits, quantize_rtn
+from greencc.verify.feeds import random_feeds
 from greencc.verify.fidelity import TokenTargets, measure_fidelity
 from tests.helpers import model_from_text, run_ort
+from tests.models import decoder_model
 from tests.passes.strategies import fingerprint
 from tests.passes.test_fuse_support import ops, reasons, run_fusion
 
@@ -187,6 +190,31 @@ def test_golden_decoder_lm_head_and_embeddings():
     assert result.stats["quantized.lm_head"] == 1 and result.stats["quantized.embedding"] == 2
     assert [v.name for v in model.graph.outputs] == ["logits", "present.0.key", "present.0.value"]
     assert "embed" not in names
+
+
+def test_tied_lm_head_read_through_transpose_is_quantized():
+    # GPT-2 ties its lm_head to the token embeddings. The exporter folds the transpose of a
+    # small table into a copy, but reads a real one (50k x 768) through a Transpose node,
+    # and that lm_head is the largest weight a decode step reads: build that form here.
+    model, _ = gc.optimize(decoder_model("gpt2"), "cleanup,fuse,dce", verify=False)
+    head = lm_head_node(model.graph)
+    gather = next(n for n in model.graph if n.op_type == "Gather" and n.inputs[0].const_value is not None
+                  and n.inputs[0].shape[0] == head.inputs[1].shape[1])
+    table = gather.inputs[0]
+    np.testing.assert_array_equal(head.inputs[1].const_value.numpy(), table.const_value.numpy().T)
+    transpose = ir.node("Transpose", [table], {"perm": [1, 0]}, name="tied_lm_head_transpose")
+    model.graph.insert_before(head, transpose)
+    head.replace_input_with(1, transpose.outputs[0])
+    reference = model.clone()
+
+    result, _ = run_fusion(model, "quantize-weights", bits=8)
+    assert result.stats["quantized.lm_head"] == 1
+    assert "Transpose" not in ops(model)
+    assert table.name in model.graph.initializers  # the embedding Gather still reads it
+    feeds = random_feeds(reference, seed=0, dims={"batch": 2, "seq": 3, "past_seq": 2, "total_seq": 5})
+    got, want = run_ort(model, feeds)[0], run_ort(reference, feeds)[0]
+    cosine = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
+    assert cosine > 0.999
 
 
 # -- declines ----------------------------------------------------------------------------
