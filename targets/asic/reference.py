@@ -7,7 +7,8 @@ QDQ int8 product computed in integers the way a QDQ backend defines it:
 (a direct int64 product, no tiles, no im2col). Every other node — QuantizeLinear,
 DequantizeLinear, DynamicQuantizeLinear, MatMulInteger, ConvInteger, Relu and the float
 ops — is ONNX's own reference implementation. ``check_calls`` replays each accelerator
-call of a traced run on this reference; ``reference_outputs`` runs the whole graph.
+call of a traced run on this reference; ``host_outputs`` runs the host's part on what the
+accelerator returned; ``reference_outputs`` runs the whole graph.
 """
 
 from __future__ import annotations
@@ -131,6 +132,29 @@ def reference_outputs(proto: onnx.ModelProto, placement: Placement, feeds: Mappi
     return dict(zip(names, evaluator.run(None, dict(feeds)), strict=True))
 
 
+def host_outputs(records: Sequence[tuple[AsicCall, dict[str, np.ndarray], list[np.ndarray]]],
+                 proto: onnx.ModelProto, placement: Placement, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The host's part of the graph run on the reference, on what the accelerator really
+    returned: every accelerator call's outputs are taken from ``records`` (a traced run)
+    instead of being recomputed. Returns the graph outputs and every tensor the host
+    passed to an accelerator call, by name, so each can be compared with the traced run
+    to float rounding: a rounding difference no longer grows through later calls."""
+    ref = reference_proto(proto, placement)
+    replaced = {name for call in placement.calls for name in call.replaced}
+    returned = {name: value for call, _, outputs in records for name, value in zip(call.outputs, outputs, strict=True)}
+    constants = {init.name for init in ref.graph.initializer}
+    handed = {call.inputs[role] for call, args, _ in records for role in args}
+    wanted = [o.name for o in ref.graph.output] + sorted(handed - set(returned) - set(feeds) - constants)
+    graph = onnx.helper.make_graph(
+        [n for n in ref.graph.node if n.name not in replaced], "host",
+        [onnx.helper.make_value_info(name, onnx.TypeProto()) for name in [*feeds, *returned]],
+        [onnx.helper.make_value_info(name, onnx.TypeProto()) for name in wanted],
+        initializer=list(ref.graph.initializer))
+    model = onnx.helper.make_model(graph, opset_imports=list(ref.opset_import), ir_version=ref.ir_version)
+    values = ReferenceEvaluator(model, new_ops=_NEW_OPS).run(None, {**feeds, **returned})
+    return dict(zip(wanted, values, strict=True))
+
+
 def compiled_graph(compiled: Any) -> tuple[onnx.ModelProto, Placement]:
     """The graph an ``AsicCompiledModel`` was lowered from (nodes named as in lowering)
     and its placement."""
@@ -164,4 +188,5 @@ def check_calls(records: Sequence[tuple[AsicCall, dict[str, np.ndarray], list[np
     return problems
 
 
-__all__ = ["IntegerProduct", "check_calls", "compiled_graph", "integer_product", "reference_outputs", "reference_proto"]
+__all__ = ["IntegerProduct", "check_calls", "compiled_graph", "host_outputs", "integer_product", "reference_outputs",
+           "reference_proto"]
