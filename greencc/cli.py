@@ -36,6 +36,7 @@ examples:
   greencc generate llama-out/ --prompt "Once upon" --max-new-tokens 32
   greencc bench llama-out/ --generate --batch 4              # prefill ms, decode tokens/s, peak RSS
   greencc report out/report.json                             # the ledger again
+  greencc report out/ --html                                 # out/report.html: ledger, waterfall, plots
   greencc cost calibrate -t ort-cpu                          # fit ort-cpu's profile to this machine
   greencc cost validate -t ort-cpu                           # predicted vs measured, held-out models
   greencc repro greencc-repro-.../                           # replay a failing pipeline
@@ -205,8 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="machine-readable output")
     plugin_option(g)
 
-    r = sub.add_parser("report", help="print a report.json as the ledger table")
-    r.add_argument("report")
+    r = sub.add_parser("report", help="print a report.json (or an artifact's) as the ledger table; --html: the page")
+    r.add_argument("report", help="an artifact directory or a report.json")
+    r.add_argument("--html", action="store_true",
+                   help="write report.html beside report.json (self-contained: tables and plots) and print its path")
+    r.add_argument("--open", action="store_true", help="with --html: also open the page in a web browser")
 
     rp = sub.add_parser(
         "repro", help="replay a reproducer directory written by a failing compile",
@@ -594,9 +598,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``greencc report``."""
+    from pathlib import Path
+
+    from greencc.report.html import REPORT_HTML_NAME, write_html
     from greencc.report.ledger import Report
 
-    _out(Report.from_json(args.report).to_console())
+    source = Path(args.report)
+    artifact = source.is_dir()
+    if artifact:
+        source = source / "report.json"
+    report = Report.from_json(source)
+    if not args.html:
+        _out(report.to_console())
+        return 0
+    page = source.with_name(REPORT_HTML_NAME)
+    if artifact and page.is_file():  # saved with the artifact (and hashed in its manifest)
+        _out(f"{page}")
+    else:
+        if artifact:  # an older artifact: a file added inside would make it fail to load
+            page = source.parent.with_name(f"{source.parent.name}.{REPORT_HTML_NAME}")
+        _out(f"wrote {write_html(report, page)}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(page.absolute().as_uri())
     return 0
 
 

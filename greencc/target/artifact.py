@@ -33,6 +33,7 @@ from greencc.errors import (
 from greencc.frontend.hf import TOKENIZER_FILES, tokenizer_files
 from greencc.ir.shapes import symbolic_dims
 from greencc.model import DecoderSpec
+from greencc.report.html import REPORT_HTML_NAME, write_html
 from greencc.target.generation import (
     DecodeSession,
     FeedDecodeSession,
@@ -290,6 +291,7 @@ class CompiledModel:
                 shutil.copyfile(path, staging / path.name)
             if self.report is not None:
                 _write_json(staging / REPORT_NAME, self.report.to_dict())
+                write_html(self.report, staging / REPORT_HTML_NAME)
             manifest = {**self.manifest(files), HASHES_KEY: file_digests(staging, MANIFEST_NAME)}
             _write_json(staging / MANIFEST_NAME, manifest)
             _move_into_place(staging, dest)
