@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-aarch64 lint venv clean
+.PHONY: demo test test-aarch64 test-conformance lint venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: $(STAMP)
 test-aarch64: $(STAMP)
 	PYTHON=$(PY) scripts/setup_aarch64_emulation.sh
 	GREENCC_TEST_AARCH64=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/targets/test_tvm_aarch64.py
+
+# ONNX's backend suite (every test ONNX Runtime runs correctly) through -O1 and -O2: prints
+# the table of outcomes, writes build/conformance.json, fails on a wrong, raised or broken run.
+test-conformance: $(STAMP)
+	mkdir -p build
+	HF_HUB_OFFLINE=1 $(PY) -m tests.conformance.runner --json build/conformance.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check greencc passes targets tests examples benchmarks

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from greencc.errors import UsageError
-from greencc.model import Model
+from greencc.model import Model, as_array, container_feed
 
 # Refuse calibration files (and in-memory datasets) larger than this before reading them.
 MAX_CALIBRATION_BYTES = 4 << 30
@@ -49,7 +49,7 @@ def track(items: Iterable[T], *, total: int | None = None, description: str = "c
 def _batch_size_of(feeds: Mapping[str, np.ndarray]) -> int:
     """Samples in one feed dict: the leading dim of its first array with an axis (else 1)."""
     for array in feeds.values():
-        if array.ndim:
+        if isinstance(array, np.ndarray) and array.ndim:
             return int(array.shape[0])
     return 1
 
@@ -74,11 +74,11 @@ class CalibrationData:
                     f"calibration batch {index} is a {type(feed).__name__}, not a mapping of input name to array",
                     hint="give feed dicts such as {'input_ids': array, ...}",
                 )
-            batches.append({str(name): _to_numpy(value, name) for name, value in feed.items()})
+            batches.append({str(name): _to_numpy(value, name, sequences=True) for name, value in feed.items()})
         self._batches = batches
         self.source = source
         self.progress = progress
-        nbytes = sum(a.nbytes for feed in batches for a in feed.values())
+        nbytes = sum(_nbytes(a) for feed in batches for a in feed.values())
         if nbytes > MAX_CALIBRATION_BYTES:
             raise UsageError(
                 f"calibration data from {source} holds {nbytes >> 20} MiB, over the "
@@ -104,14 +104,14 @@ class CalibrationData:
                     f"calibration batch {len(batches)} is a {type(feed).__name__}, not a mapping of input name to array",
                     hint="give feed dicts such as {'input_ids': array, ...}",
                 )
-            arrays = {str(name): _to_numpy(value, name) for name, value in feed.items()}
+            arrays = {str(name): _to_numpy(value, name, sequences=True) for name, value in feed.items()}
             size = _batch_size_of(arrays)
             if limit is not None and samples + size > limit:
                 arrays = _head(arrays, limit - samples, size)
                 size = limit - samples
             batches.append(arrays)
             samples += size
-            nbytes += sum(a.nbytes for a in arrays.values())
+            nbytes += sum(_nbytes(a) for a in arrays.values())
             if nbytes > MAX_CALIBRATION_BYTES:  # stop reading a lazy source before memory runs out
                 raise UsageError(
                     f"calibration data from {source} is over the {MAX_CALIBRATION_BYTES >> 30} GiB limit "
@@ -396,7 +396,16 @@ class CalibrationData:
             bound: dict[str, tuple[str, int]] = {}
             for name, spec in specs.items():
                 array = feed[name]
-                if spec.dtype != "unknown" and array.dtype.name != spec.dtype:
+                if spec.container != "tensor":
+                    _, problem = container_feed(spec, array)
+                    if problem is not None:
+                        raise UsageError(f"{where}: {problem}", hint=f"the model's inputs are {signature}")
+                    continue
+                if not isinstance(array, np.ndarray):
+                    raise UsageError(f"{where}: input '{name}' is a {type(array).__name__}, the model wants "
+                                     f"one tensor ({spec})", hint="give one array (np.stack a list of arrays)")
+                text = spec.dtype == "object" and array.dtype.kind in "OU"
+                if spec.dtype != "unknown" and array.dtype.name != spec.dtype and not text:
                     raise UsageError(
                         f"{where}: input '{name}' has dtype {array.dtype.name}, the model wants {spec.dtype}",
                         hint=f"convert it: array.astype(np.{spec.dtype})",
@@ -559,15 +568,43 @@ def _check_uncompressed_size(path: Path) -> None:
                          hint="use fewer samples")
 
 
-def _to_numpy(value: Any, name: Any) -> np.ndarray:
-    """A numpy array from an array, a torch tensor (copied to the CPU) or a nested list."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
+def _to_numpy(value: Any, name: Any, *, sequences: bool = False) -> Any:
+    """A numpy array from an array, a torch tensor (copied to the CPU) or a nested list.
+
+    With ``sequences`` (a feed dict's value), a list or tuple of arrays or tensors is a
+    sequence input's feed (returned as a list of arrays) and None an empty optional input's.
+    Numeric arrays and text (str arrays, object arrays of str) are accepted.
+    """
+    if sequences:
+        if value is None:
+            return None
+        if isinstance(value, (list, tuple)) and all(isinstance(v, np.ndarray) or _is_torch(v) for v in value):
+            return [_to_numpy(v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if _is_torch(value):
         value = value.detach().cpu().numpy()
-    array = np.asarray(value)
-    if array.dtype.kind not in "biufc":
+    array = as_array(value)
+    if array is None:
+        raise UsageError(f"calibration input '{name}' is a ragged nested list, not an array",
+                         hint="give one array per input (a list of arrays for a sequence input)")
+    text = array.dtype.kind == "U" or (array.dtype.kind == "O" and all(isinstance(v, str) for v in array.flat))
+    if array.dtype.kind not in "biufc" and not text:
         raise UsageError(f"calibration input '{name}' has dtype {array.dtype}, not a numeric array",
-                         hint="store plain numeric arrays")
+                         hint="store plain numeric arrays (or text for string inputs)")
     return array
+
+
+def _is_torch(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor (told without importing torch)."""
+    return hasattr(value, "detach") and hasattr(value, "cpu")
+
+
+def _nbytes(value: Any) -> int:
+    """Bytes held by a feed: an array, a sequence's arrays, or nothing (None)."""
+    if value is None:
+        return 0
+    if isinstance(value, list):
+        return sum(a.nbytes for a in value)
+    return int(value.nbytes)
 
 
 def _static_batch(model: Model) -> int:
@@ -586,7 +623,8 @@ def _cast(array: np.ndarray, dtype: str) -> np.ndarray:
 def _head(arrays: Feeds, count: int, size: int) -> Feeds:
     """The first ``count`` samples of a batch of ``size``: arrays whose leading dim is the
     batch size are cut, others (no batch axis) kept whole."""
-    return {name: a[:count] if a.ndim and a.shape[0] == size else a for name, a in arrays.items()}
+    return {name: a[:count] if isinstance(a, np.ndarray) and a.ndim and a.shape[0] == size else a
+            for name, a in arrays.items()}
 
 
 def _check_batch_size(batch_size: Any) -> None:

@@ -483,9 +483,14 @@ def _arrays_sha256(data: CalibrationData) -> str:
     digest = hashlib.sha256()
     for feeds in data:
         for name in sorted(feeds):
-            array = np.ascontiguousarray(feeds[name])
-            digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-            digest.update(array.tobytes())
+            value = feeds[name]
+            # A sequence input's feed is a list of arrays, an empty optional's None.
+            for part in value if isinstance(value, list) else [] if value is None else [value]:
+                array = np.ascontiguousarray(part)
+                if array.dtype.kind == "O":  # text: hash the characters, not the object pointers
+                    array = array.astype(str)
+                digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+                digest.update(array.tobytes())
     return digest.hexdigest()
 
 

@@ -23,26 +23,87 @@ from greencc.ir.io import save_model, weights_nbytes
 Dim = int | str | None
 
 
+# What a value holds besides a plain tensor: ONNX ``seq(tensor)``, ``optional(tensor)`` and
+# ``optional(seq(tensor))``. As feeds they are a list of arrays, an array or None, and a
+# list of arrays or None.
+CONTAINERS = ("tensor", "sequence", "optional", "optional-sequence")
+
+
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, numpy dtype name and shape of a model input or output (str dims are symbolic)."""
+    """Name, numpy dtype name and shape of a model input or output (str dims are symbolic).
+
+    ``container`` is ``"tensor"`` for a plain tensor, else one of :data:`CONTAINERS`;
+    ``dtype`` is then the element tensors' dtype and ``shape`` is None (an element's shape
+    is not part of the signature).
+    """
 
     name: str
     dtype: str
     shape: tuple[Dim, ...] | None
+    container: str = "tensor"
 
     @classmethod
     def of(cls, value: ir.Value) -> TensorSpec:
         """The spec of an IR value."""
         dtype = value.dtype.numpy().name if value.dtype is not None else "unknown"
+        container = container_of(value.type)
         shape = None
-        if value.shape is not None:
+        if value.shape is not None and container == "tensor":
             shape = tuple(d if isinstance(d, int) else d.value for d in value.shape)
-        return cls(value.name, dtype, shape)
+        return cls(value.name, dtype, shape, container)
 
     def __str__(self) -> str:
         dims = "?" if self.shape is None else ", ".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.name}: {self.dtype}[{dims}]"
+        if self.container == "tensor":
+            return f"{self.name}: {self.dtype}[{dims}]"
+        return f"{self.name}: {self.container}<{self.dtype}>"
+
+
+def container_of(type_: ir.TypeProtocol | None) -> str:
+    """The :data:`CONTAINERS` entry of an IR type (``"tensor"`` for a tensor or no type)."""
+    if isinstance(type_, ir.OptionalType):
+        return "optional-sequence" if isinstance(type_.elem_type, ir.SequenceType) else "optional"
+    if isinstance(type_, ir.SequenceType):
+        return "sequence"
+    return "tensor"
+
+
+def container_feed(spec: TensorSpec, value: Any) -> tuple[Any, str | None]:
+    """``value`` as the feed of a sequence or optional input ``spec`` (a list of arrays, an
+    array, or None) and, when it does not fit, why (else None)."""
+    if value is None:
+        if spec.container.startswith("optional"):
+            return None, None
+        return None, f"input '{spec.name}' is a {spec.container} and cannot be None"
+    holds_sequence = spec.container in ("sequence", "optional-sequence")
+    if holds_sequence:
+        if not isinstance(value, (list, tuple)):
+            return None, (f"input '{spec.name}' is a sequence of {spec.dtype} tensors, "
+                          f"got a {type(value).__name__} (give a list of arrays)")
+        items = [as_array(item) for item in value]
+    else:
+        items = [as_array(value)]
+    if any(item is None for item in items):
+        return None, f"input '{spec.name}' holds a ragged nested list, not an array"
+    for item in items:
+        if spec.dtype != "unknown" and item.dtype.name != spec.dtype and not _is_text(spec, item):
+            return None, f"input '{spec.name}' holds dtype {item.dtype.name}, the model expects {spec.dtype}"
+    return (items if holds_sequence else items[0]), None
+
+
+def as_array(value: Any) -> np.ndarray | None:
+    """``value`` as a numpy array, or None when it is a ragged nested list (numpy cannot
+    make one array of it)."""
+    try:
+        return np.asarray(value)
+    except ValueError:
+        return None
+
+
+def _is_text(spec: TensorSpec, array: np.ndarray) -> bool:
+    """Whether ``array`` holds text for a string input (numpy str or object arrays)."""
+    return spec.dtype == "object" and array.dtype.kind in "OU"
 
 
 @dataclass
@@ -60,6 +121,10 @@ class Provenance:
 
 
 DECODER_KEY = "greencc.decoder"
+
+
+# The sizes a decoder's metadata must give as positive integers.
+SIZE_FIELDS = ("num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size", "vocab_size")
 
 
 @dataclass(frozen=True)
@@ -94,9 +159,20 @@ class DecoderSpec:
             return None
         try:
             fields = json.loads(raw)
+            if not isinstance(fields, dict):
+                raise TypeError(f"it holds a {type(fields).__name__}, not a JSON object")
             fields["eos_token_ids"] = tuple(fields.get("eos_token_ids") or ())
-            return cls(**fields)
-        except (ValueError, TypeError) as exc:
+            spec = cls(**fields)
+            sizes = {name: getattr(spec, name) for name in SIZE_FIELDS}
+            bad = sorted(name for name, size in sizes.items()
+                         if isinstance(size, bool) or not isinstance(size, int) or size < 1)
+            if bad:
+                raise ValueError(f"{', '.join(bad)} must be positive integers")
+            if 2 * spec.num_layers > len(ir_model.graph.inputs):
+                raise ValueError(f"it names {spec.num_layers} layers and the graph has "
+                                 f"{len(ir_model.graph.inputs)} inputs")
+            return spec
+        except (ValueError, TypeError, RecursionError) as exc:
             raise ModelLoadError(
                 f"the model's '{DECODER_KEY}' metadata is malformed: {exc}",
                 hint="re-export the model with greencc.from_pretrained or greencc.from_torch",
@@ -163,8 +239,9 @@ class Model:
         """Bytes of weights held in initializers."""
         return weights_nbytes(self.ir)
 
-    def check_feeds(self, feeds: Mapping[str, Any], specs: Sequence[TensorSpec] | None = None) -> dict[str, np.ndarray]:
-        """Validate call-time ``feeds`` against the inputs; return them as numpy arrays.
+    def check_feeds(self, feeds: Mapping[str, Any], specs: Sequence[TensorSpec] | None = None) -> dict[str, Any]:
+        """Validate call-time ``feeds`` against the inputs; return them as numpy arrays
+        (a list of arrays for a sequence input, None for an empty optional one).
 
         ``specs``: the inputs' specs when the caller keeps them (they are recomputed from
         the graph otherwise). Raises :class:`InputMismatchError` naming the missing,
@@ -188,10 +265,20 @@ class Model:
                 f"missing input(s) {missing}",
                 hint=f"the model's inputs are {', '.join(str(s) for s in specs.values())}",
             )
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, Any] = {}
         for name, spec in specs.items():
-            array = np.asarray(feeds[name])
-            if spec.dtype != "unknown" and array.dtype.name != spec.dtype:
+            if spec.container != "tensor":
+                arrays[name], problem = container_feed(spec, feeds[name])
+                if problem is not None:
+                    raise InputMismatchError(problem, hint=f"the model's inputs are {', '.join(str(s) for s in specs.values())}")
+                continue
+            array = as_array(feeds[name])
+            if array is None:
+                raise InputMismatchError(
+                    f"input '{name}' is a ragged nested list, not an array",
+                    hint=f"give an array of the model's shape: {spec}",
+                )
+            if spec.dtype != "unknown" and array.dtype.name != spec.dtype and not _is_text(spec, array):
                 raise InputMismatchError(
                     f"input '{name}' has dtype {array.dtype.name}, the model expects {spec.dtype}",
                     hint=f"convert it, e.g. np.asarray(x, dtype=np.{spec.dtype})",

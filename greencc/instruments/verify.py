@@ -5,7 +5,9 @@ prefill feeds followed by greedy decode steps, so exact passes are checked on bo
 
 Exact passes must match within dtype tolerance (else ``VerificationError`` naming the
 first divergent node); lossy passes get a fidelity score and are rolled back with a
-warning when they break the budget.
+warning when they break the budget. When the input model itself cannot run on the samples,
+verification says so (``UnverifiableError``) rather than blaming a pass or the runtime; at
+the end, the output model is run once as the target will load it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from greencc.errors import VerificationError
+from greencc.errors import GreenccError, UsageError, VerificationError
 from greencc.pipeline.instruments import Instrument, PassRecord
 from greencc.verify.bisect import first_divergent_node
 from greencc.verify.feeds import random_feeds
@@ -35,6 +37,14 @@ PAST_PREFIX = "past_key_values."
 PRESENT_PREFIX = "present."
 
 
+class UnverifiableError(UsageError):
+    """The input model itself cannot run on the verification samples, so no pass can be
+    checked: the samples (generated, or the caller's calibration data) are at fault, not a
+    pass nor the runtime."""
+
+    unverifiable = True
+
+
 class VerifyInstrument(Instrument):
     """Verifies numerics after each modifying pass against the reference run of the input.
 
@@ -49,26 +59,55 @@ class VerifyInstrument(Instrument):
     def __init__(self, labels: list[np.ndarray] | None = None) -> None:
         self.labels = labels
         self.last_fidelity = None
+        self.modified = False
 
     def enter_pipeline(self, model: Model, ctx: PassContext) -> None:
-        samples = self._samples(model, ctx)
-        ctx.reference.start(model, [*samples, *decode_samples(model, samples, ctx)])
+        self.modified = False
+        samples, generated = self._samples(model, ctx)
+        ctx.executor.runner(model, purpose="reference")  # a model ONNX Runtime rejects fails here, as itself
+        try:
+            ctx.reference.start(model, [*samples, *decode_samples(model, samples, ctx)])
+        except GreenccError as exc:
+            raise _unrunnable(exc, generated) from None
 
-    def _samples(self, model: Model, ctx: PassContext) -> list[dict[str, np.ndarray]]:
+    def _samples(self, model: Model, ctx: PassContext) -> tuple[list[dict[str, np.ndarray]], bool]:
+        """The samples, and whether greencc generated them (no calibration data given)."""
         calibration = ctx.calibration
         if calibration is not None:
             samples = [model.check_feeds(feeds) for feeds in list(calibration)[: max(1, ctx.verification_samples)]]
             if samples:
-                return samples
-        return [
+                return samples, False
+        samples = [
             random_feeds(model, seed=ctx.seed + i, dims=ctx.dims)
             for i in range(max(1, ctx.verification_samples))
         ]
+        return samples, True
+
+    def exit_pipeline(self, model: Model, ctx: PassContext) -> None:
+        """Run the output model once as an ONNX Runtime target loads it (its own graph
+        optimizations on), when the executor's backend is the compile's target: a graph
+        that only runs unoptimized fails here, naming the pipeline, not at lowering."""
+        reference = ctx.reference
+        if not ctx.verify or not self.modified or not reference.ready or ctx.target is None \
+                or ctx.target.name != ctx.executor.backend.name:
+            return
+        try:
+            ctx.executor.runner(model, purpose="deployment").values(reference.samples[0])
+        except GreenccError as exc:
+            if reference.original is not None and not _deploys(reference.original, reference.samples[0], ctx):
+                return  # the input fails the same way: the runtime's limit, not the pipeline's doing
+            raise VerificationError(
+                f"the optimized model fails when loaded as target '{ctx.target.name}' loads it "
+                f"(the input model does not): {exc.message}",
+                hint="a pass left a graph that only runs unoptimized; this is a bug in the pipeline, "
+                "bisect it with --pipeline",
+            ) from None
 
     def after_pass(self, pass_: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:
         if not ctx.verify or not record.modified:
             record.fidelity = self.last_fidelity
             return
+        self.modified = True
         reference = ctx.reference
         outputs = reference.run(model)
         fidelity = measure_fidelity(reference.outputs, outputs, self.labels,
@@ -101,6 +140,31 @@ class VerifyInstrument(Instrument):
         if pass_.lossy:
             reference.accept_lossy(outputs)
         self.last_fidelity = fidelity
+
+
+def _deploys(model: Model, feeds: dict[str, np.ndarray], ctx: PassContext) -> bool:
+    """Whether ``model`` runs on ``feeds`` as the target loads it."""
+    try:
+        ctx.executor.runner(model, purpose="deployment").values(feeds)
+    except GreenccError:
+        return False
+    return True
+
+
+def _unrunnable(exc: GreenccError, generated: bool) -> UnverifiableError:
+    """The error for an input model that cannot run on its verification samples."""
+    if generated:
+        return UnverifiableError(
+            f"verification cannot run the input model on greencc's generated inputs, so it cannot "
+            f"check any pass: {exc.message}",
+            hint="the model needs input values greencc cannot guess; pass representative inputs "
+            "with --calib FILE.npz (calibration=...), or compile without verification (--no-verify)",
+        )
+    return UnverifiableError(
+        f"the input model itself cannot run on the calibration data: {exc.message}",
+        hint="check the calibration data against the model's inputs, including values used as "
+        "shapes or indices",
+    )
 
 
 def decode_samples(model: Model, prefills: list[dict[str, np.ndarray]], ctx: PassContext,

@@ -53,8 +53,10 @@ def infer_shapes(model: M, *, symbolic: bool = False) -> M:
     target = _ir_model(model)
     inputs = set(symbolic_dims(target))
     before = {v: v.shape for n in target.graph for v in n.outputs if v.shape is not None}
+    untyped = [v for graph in target.graphs() for n in graph for v in n.outputs if v.type is None]
     with _silenced("onnx_ir.passes.common.shape_inference"):
         ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(target)
+    _untype_containers(untyped, target.opset_imports)
     for value, shape in before.items():
         # ONNX may replace an exporter's 'batch' by its own 'unk__3'; keep the better one.
         if value.shape is None or _score(list(value.shape), inputs) < _score(list(shape), inputs):
@@ -62,6 +64,34 @@ def infer_shapes(model: M, *, symbolic: bool = False) -> M:
     if symbolic:
         _symbolic_shape_inference(target)
     return model
+
+
+def _untype_containers(values: list[ir.Value], opsets: Mapping[str, int]) -> None:
+    """Leave untyped the ``values`` (untyped before inference) that their op's schema says
+    are sequences or optionals: onnx_ir merges only the inferred dtype, which turns such a
+    value into a tensor."""
+    for value in values:
+        node = value.producer()
+        if not isinstance(value.type, ir.TensorType) or node is None or node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opsets.get("", 1), "")
+        except onnx.defs.SchemaError:
+            continue
+        if value.index() is None or value.index() >= len(schema.outputs):
+            continue
+        allowed = _allowed_types(schema, schema.outputs[value.index()].type_str)
+        if allowed and not any(t.startswith("tensor(") for t in allowed):
+            value.type = None
+            value.shape = None
+
+
+def _allowed_types(schema: onnx.defs.OpSchema, type_str: str) -> list[str]:
+    """The types a schema's input or output of ``type_str`` (a type or a constraint name) takes."""
+    for constraint in schema.type_constraints:
+        if constraint.type_param_str == type_str:
+            return list(constraint.allowed_type_strs)
+    return [type_str]
 
 
 @contextlib.contextmanager

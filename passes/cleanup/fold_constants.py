@@ -17,9 +17,6 @@ import onnx_ir as ir
 
 from greencc.ir import subgraphs
 from greencc.model import Model
-from greencc.pipeline.base import Pass, PassResult, register_pass
-from greencc.pipeline.context import PassContext
-
 from greencc.passes.lib.graph_edits import (
     NON_DETERMINISTIC_OPS,
     NameScope,
@@ -30,6 +27,8 @@ from greencc.passes.lib.graph_edits import (
     remove_node,
     replace_with_constant,
 )
+from greencc.pipeline.base import Pass, PassResult, register_pass
+from greencc.pipeline.context import PassContext
 
 # Inputs bigger than this (bytes, all inputs of one node together) are not evaluated:
 # serialising them into a one-node model would cost more memory than folding saves.
@@ -45,6 +44,10 @@ VALUE_SIZED_OPS = frozenset({
     "OneHot", "Col2Im", "MaxUnpool", "MelWeightMatrix", "STFT", "DFT", "BlackmanWindow",
     "HammingWindow", "HannWindow",
 })
+
+# IR versions before 4 require every initializer to be a graph input; 4 dropped that
+# rule and changed nothing else (onnx/IR.md, "IR version 4").
+INITIALIZERS_NEED_NOT_BE_INPUTS = 4
 
 Decline = Callable[[ir.Node, str], None]
 
@@ -65,7 +68,8 @@ class ConstantFolder:
         self.names = names
         self._decline = decline
         self._opsets = dict(model.opset_imports)
-        self._ir_version = model.ir_version
+        # The one-node models hold their inputs as initializers that are not graph inputs.
+        self._ir_version = max(model.ir_version, INITIALIZERS_NEED_NOT_BE_INPUTS)
 
     # -- Constant nodes ----------------------------------------------------------------
     def lift_constant(self, node: ir.Node) -> bool:
@@ -315,6 +319,13 @@ def _is_output_carrier(node: ir.Node) -> bool:
     )
 
 
+def admit_initializers(model: ir.Model) -> None:
+    """Let ``model`` hold initializers that are not graph inputs, as folding creates: a
+    model of IR version 3 moves to version 4, which differs only in allowing it."""
+    if model.ir_version is not None and model.ir_version < INITIALIZERS_NEED_NOT_BE_INPUTS:
+        model.ir_version = INITIALIZERS_NEED_NOT_BE_INPUTS
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
@@ -351,5 +362,7 @@ class FoldConstants(Pass):
                     lifted += folder.lift_constant(node)
                 elif folder.try_fold(node):
                     folded += 1
+        if folded or lifted:
+            admit_initializers(model.ir)
         stats = {"folded": folded, "lifted_constants": lifted}
         return PassResult(model, modified=bool(folded or lifted), stats=stats)

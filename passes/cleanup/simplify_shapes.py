@@ -17,19 +17,20 @@ import onnx_ir as ir
 
 from greencc.ir import infer_shapes
 from greencc.model import Model
-from greencc.pipeline.base import Pass, PassResult, register_pass
-from greencc.pipeline.context import PassContext
-
-from .fold_constants import ConstantFolder, shape_slice
 from greencc.passes.lib.graph_edits import (
     NameScope,
     all_graphs,
     constant_array,
     constant_tensor,
     is_onnx_op,
+    new_initializer,
     remove_node,
     replace_with_constant,
 )
+from greencc.pipeline.base import Pass, PassResult, register_pass
+from greencc.pipeline.context import PassContext
+
+from .fold_constants import ConstantFolder, admit_initializers, shape_slice
 
 Dim = int | str | None  # a known size, a symbolic dim's name, or unknown
 
@@ -240,10 +241,15 @@ class SimplifyShapes(Pass):
       Slice / Squeeze / Cast / Identity of known dims           ->  initializer
       ConstantOfShape(static shape) -> z  (z up to max_size)    ->  initializer z
       arithmetic on those constants (Mul, Add, Div, Equal...)   ->  initializer (fold-constants' folder)
+      Range(s, l: [1], d)                                       ->  Range(s, Reshape(l, []), d)
 
     ``max_size`` bounds each materialized result in bytes. Symbolic dims are never
     specialized: a Shape whose selected dims are symbolic is declined with their names.
     Shapes are inferred first when the graph has Shape or Size nodes.
+
+    Range's operands must be scalars; ONNX Runtime runs one-element vectors until its
+    optimizer sees their shape (for instance once it inlines an ``If`` whose condition
+    this pass made constant) and then rejects the model, so they are made scalars.
     """
 
     lossy = False
@@ -290,8 +296,42 @@ class SimplifyShapes(Pass):
                 remove_node(node)
                 cone.update(readers)
                 resolved += 1
+        scalars = sum(_scalar_range_operands(graph, names) for graph in graphs)
+        if resolved or folded or scalars:
+            admit_initializers(model.ir)
         stats = {"resolved_shapes": resolved, "folded": folded}
-        return PassResult(model, modified=bool(resolved or folded), stats=stats)
+        if scalars:
+            stats["scalar_range_operands"] = scalars
+        return PassResult(model, modified=bool(resolved or folded or scalars), stats=stats)
+
+
+def _scalar_range_operands(graph: ir.Graph, names: NameScope) -> int:
+    """Make every Range operand of ``graph`` whose shape is ``[1]`` a scalar: a constant
+    becomes a scalar initializer, anything else is read through ``Reshape(x, [])``.
+    Returns how many operands changed."""
+    changed = 0
+    scalar_shape: ir.Value | None = None
+    for node in list(graph):
+        if node.op_type != "Range" or not is_onnx_op(node):
+            continue
+        for index, operand in enumerate(node.inputs):
+            if operand is None or operand.shape is None or tuple(operand.shape) != (1,):
+                continue
+            array = constant_array(operand, max_elements=1)
+            if array is not None:
+                scalar = new_initializer(graph, names.fresh(f"{operand.name}_scalar"), array.reshape(()))
+            else:
+                if scalar_shape is None:
+                    scalar_shape = new_initializer(graph, names.fresh("scalar_shape"), np.zeros(0, np.int64))
+                reshape = ir.node("Reshape", [operand, scalar_shape], name=names.fresh(f"{node.name or 'range'}_operand"))
+                scalar = reshape.outputs[0]
+                scalar.name = names.fresh(f"{operand.name}_scalar")
+                scalar.shape = ir.Shape([])
+                scalar.type = operand.type
+                graph.insert_before(node, reshape)
+            node.replace_input_with(index, scalar)
+            changed += 1
+    return changed
 
 
 def _reads_only_constants(node: ir.Node) -> bool:

@@ -169,7 +169,7 @@ def run_suite(cases: Sequence[ConformanceCase], jobs: int = 1) -> list[Outcome]:
     if jobs <= 1:
         return [o for case in cases for o in run_case(case)]
     context = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=50) as pool:
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
         return [o for outcomes in pool.map(_run_index, range(len(cases)), chunksize=4) for o in outcomes]
 
 

@@ -8,6 +8,7 @@ but cannot be materialized.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import os
 from collections.abc import Iterator, Sequence
@@ -54,8 +55,23 @@ def load_cases(kinds: Sequence[str] = KINDS) -> list[ConformanceCase]:
     """Every backend test of ``kinds``, sorted by (kind, name)."""
     cases: list[ConformanceCase] = []
     for kind in kinds:
-        cases.extend(_cases_of(kind))
+        cases.extend(_cases_by_kind(kind))
     return sorted(cases, key=lambda c: (c.kind, c.name))
+
+
+def find_case(name: str, kind: str = "node") -> ConformanceCase:
+    """The backend test ``name`` of ``kind`` (KeyError when there is none)."""
+    for case in _cases_by_kind(kind):
+        if case.name == name:
+            return case
+    raise KeyError(f"no {kind} backend test named {name}")
+
+
+@functools.cache
+def _cases_by_kind(kind: str) -> tuple[ConformanceCase, ...]:
+    # onnx generates the node tests once per process (its collector keeps global state),
+    # so every caller shares one materialization.
+    return tuple(_cases_of(kind))
 
 
 def _cases_of(kind: str) -> Iterator[ConformanceCase]:
