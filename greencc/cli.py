@@ -346,6 +346,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise UsageError(f"--report-json {args.report_json} is a directory",
                          hint="give a file name, e.g. --report-json report.json")
     config = _compile_config(args)
+    inputs = [config.model, config.calibration, args.config, *config.plugins]
+    if args.report_json and os.path.realpath(args.report_json) in {os.path.realpath(p) for p in inputs if p}:
+        raise UsageError(f"--report-json {args.report_json} is an input of this compile",
+                         hint="give a new file name, e.g. --report-json report.json")
     instruments = ([PrintIRInstrument(args.print_ir_after, stream=_PrintableStream(sys.stderr))]
                    if args.print_ir_after else [])
     with _status("loading, optimizing, verifying and lowering", args.quiet):

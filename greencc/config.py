@@ -214,6 +214,9 @@ class CompileConfig:
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"recipe {path} is not valid TOML: {exc}",
                              hint="see the recipe format in README.md") from None
+        except RecursionError:  # tomllib parses nested arrays and tables recursively
+            raise UsageError(f"recipe {path} nests arrays or tables too deeply",
+                             hint="see the recipe format in README.md") from None
         try:
             return cls.from_dict(data, base_dir=path.parent)
         except UsageError as exc:

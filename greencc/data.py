@@ -6,6 +6,7 @@ work. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import zipfile
@@ -16,8 +17,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from greencc.errors import UsageError
-from greencc.model import Model, as_array, container_feed
+from greencc.errors import SystemResourceError, UsageError
+from greencc.model import Model, as_array, container_feed, native_byte_order
 
 # Refuse calibration files (and in-memory datasets) larger than this before reading them.
 MAX_CALIBRATION_BYTES = 4 << 30
@@ -505,14 +506,15 @@ def load_npz_samples(path: str | os.PathLike, model: Model, *, limit: int | None
     An array with the input's rank is split into batch-1 samples; one with an extra leading
     axis gives one full feed per index. Raises ``UsageError`` naming a missing, unknown or
     mismatched array (see :meth:`CalibrationData.check`); ``allow_pickle`` is always off,
-    and the uncompressed size is checked before anything is read.
+    and every member's ``.npy`` header is read and bounded before any array data is (see
+    :func:`_check_npz_members`).
     """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"calibration file {path} does not exist")
     if path.stat().st_size > MAX_CALIBRATION_BYTES:
         raise UsageError(f"calibration file {path} is over {MAX_CALIBRATION_BYTES >> 30} GiB")
-    _check_uncompressed_size(path)
+    _check_npz_members(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -556,16 +558,74 @@ def load_npz_samples(path: str | os.PathLike, model: Model, *, limit: int | None
     return samples
 
 
-def _check_uncompressed_size(path: Path) -> None:
+def _check_npz_members(path: Path) -> None:
+    """Bound an ``.npz`` by what its members' ``.npy`` headers declare, before any array
+    data is read: every member must be an ``.npy`` array of numbers or text whose declared
+    size (elements x item bytes) is the size it stores, and the total must fit both
+    :data:`MAX_CALIBRATION_BYTES` (``UsageError``) and the memory available now
+    (``SystemResourceError``). A zip directory can lie about sizes; a member is read only
+    up to the size its header declares."""
+    total = 0
     try:
         with zipfile.ZipFile(path) as archive:
-            size = sum(info.file_size for info in archive.infolist())
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            for info in archive.infolist():
+                total += _npy_member_nbytes(path, archive, info)
+                if total > MAX_CALIBRATION_BYTES:
+                    raise UsageError(f"calibration file {path} unpacks to {total >> 20} MiB or more, over "
+                                     f"{MAX_CALIBRATION_BYTES >> 30} GiB", hint="use fewer samples")
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise UsageError(f"{path} is not a readable .npz file: {exc}",
                          hint="write it with np.savez(path, input_name=array, ...)") from None
-    if size > MAX_CALIBRATION_BYTES:
-        raise UsageError(f"calibration file {path} unpacks to {size >> 20} MiB, over {MAX_CALIBRATION_BYTES >> 30} GiB",
-                         hint="use fewer samples")
+    available = _available_memory_bytes()
+    if available is not None and total > available:
+        raise SystemResourceError(f"calibration file {path} holds {total >> 20} MiB of arrays and only "
+                                  f"{available >> 20} MiB of memory is available",
+                                  hint="use fewer samples, or free some memory")
+
+
+def _npy_member_nbytes(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+    """Bytes of array data the ``.npy`` member ``info`` declares, checked against what it
+    stores; ``UsageError`` for a member that is not a plain ``.npy`` array."""
+    where = f"{path}: member '{info.filename}'"
+    if not info.filename.endswith(".npy"):
+        raise UsageError(f"{where} is not an .npy array",
+                         hint="an .npz holds only arrays: write it with np.savez(path, input_name=array, ...)")
+    with archive.open(info) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            else:
+                raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+        except (ValueError, SyntaxError, TypeError) as exc:
+            raise UsageError(f"{where} has no valid .npy header: {exc}",
+                             hint="write the file again with np.savez") from None
+        header_bytes = member.tell()
+    if dtype.hasobject or dtype.kind not in "biufcU":
+        raise UsageError(f"{where} has dtype {dtype}, not numbers or text",
+                         hint="store plain numeric arrays (object arrays would need pickle, which is never used)")
+    if any(dim < 0 for dim in shape):
+        raise UsageError(f"{where} declares the negative shape {list(shape)}", hint="write the file again with np.savez")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if header_bytes + nbytes != info.file_size:
+        raise UsageError(f"{where} declares {nbytes} bytes of {dtype} {list(shape)} but stores "
+                         f"{info.file_size - header_bytes}", hint="the file is corrupt: write it again with np.savez")
+    return nbytes
+
+
+def _available_memory_bytes() -> int | None:
+    """Memory the kernel can hand out now without swapping (``MemAvailable`` of
+    ``/proc/meminfo``), in bytes; None where the platform does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _to_numpy(value: Any, name: Any, *, sequences: bool = False) -> Any:
@@ -590,7 +650,7 @@ def _to_numpy(value: Any, name: Any, *, sequences: bool = False) -> Any:
     if array.dtype.kind not in "biufc" and not text:
         raise UsageError(f"calibration input '{name}' has dtype {array.dtype}, not a numeric array",
                          hint="store plain numeric arrays (or text for string inputs)")
-    return array
+    return native_byte_order(array)
 
 
 def _is_torch(value: Any) -> bool:

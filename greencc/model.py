@@ -106,6 +106,15 @@ def _is_text(spec: TensorSpec, array: np.ndarray) -> bool:
     return spec.dtype == "object" and array.dtype.kind in "OU"
 
 
+def native_byte_order(array: np.ndarray) -> np.ndarray:
+    """``array`` in the machine's byte order: a big-endian array (``>f4``, as some files and
+    network buffers hold) is copied into native order, since ONNX Runtime reads raw bytes
+    and would see other numbers; a native one is returned as is."""
+    if array.dtype.isnative:
+        return array
+    return array.astype(array.dtype.newbyteorder("="))
+
+
 @dataclass
 class Provenance:
     """Where a model came from: source, the exporter used and its options, and notes."""
@@ -291,7 +300,7 @@ class Model:
                         f"input '{name}' has shape {list(array.shape)}, the model expects {spec}",
                         hint="only the symbolic (named) dims may vary",
                     )
-            arrays[name] = array
+            arrays[name] = native_byte_order(array)
         return arrays
 
     def __repr__(self) -> str:

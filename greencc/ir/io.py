@@ -17,6 +17,7 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
+from google.protobuf.message import Message
 
 from greencc.errors import ModelLoadError, UnsupportedOpError, UsageError
 from greencc.ir.traversal import find_cycle, node_label
@@ -61,6 +62,7 @@ def load_model(source: str | os.PathLike | bytes | onnx.ModelProto) -> ir.Model:
             "(for a torch.nn.Module use greencc.from_torch)",
         )
     _check_basic_structure(proto, origin)
+    _check_fields(proto, origin)
     _check_external_data(proto, base_dir, origin)
     try:
         model = ir.serde.deserialize_model(proto)
@@ -176,6 +178,42 @@ def _check_basic_structure(proto: onnx.ModelProto, origin: str) -> None:
         )
 
 
+def _check_fields(proto: onnx.ModelProto, origin: str) -> None:
+    """What ONNX's checker lets through and greencc cannot hold, found in one walk over
+    every message: text that is not UTF-8 (protobuf hands it back as bytes, which no name
+    can be), a negative dim, a tensor or graph input/output of type UNDEFINED, and an
+    attribute of type UNDEFINED. Raises :class:`ModelLoadError` naming the field."""
+    for value in (*proto.graph.input, *proto.graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type == onnx.TensorProto.UNDEFINED:
+            raise ModelLoadError(f"{origin} is not a valid ONNX model: graph input or output '{value.name}' "
+                                 "has element type UNDEFINED", hint="re-export or repair the model")
+    stack: list[Message] = [proto]
+    while stack:
+        message = stack.pop()
+        kind = message.DESCRIPTOR.full_name
+        problem = None
+        if kind == "onnx.TensorShapeProto.Dimension" and message.HasField("dim_value") and message.dim_value < 0:
+            problem = f"a dim of {message.dim_value}"
+        elif kind == "onnx.TensorProto" and message.data_type == onnx.TensorProto.UNDEFINED:
+            problem = f"tensor '{message.name}' of data type UNDEFINED"
+        elif kind == "onnx.AttributeProto" and message.type == onnx.AttributeProto.UNDEFINED:
+            problem = f"attribute '{message.name}' of type UNDEFINED"
+        if problem is not None:
+            raise ModelLoadError(f"{origin} is not a valid ONNX model: it has {problem}",
+                                 hint="re-export or repair the model")
+        for field, value in message.ListFields():
+            if field.type == field.TYPE_STRING:
+                texts = [value] if isinstance(value, (str, bytes)) else value
+                if any(isinstance(text, bytes) for text in texts):
+                    raise ModelLoadError(
+                        f"{origin} is not a valid ONNX model: a {field.name} field of its "
+                        f"{message.DESCRIPTOR.name} is not UTF-8 text",
+                        hint="ONNX names and texts are UTF-8; re-export or repair the model",
+                    )
+            elif field.type == field.TYPE_MESSAGE:
+                stack.extend([value] if isinstance(value, Message) else value)
+
+
 def iter_tensor_protos(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     """Yield every TensorProto in ``graph`` and its subgraphs (initializers and attributes)."""
     stack = [graph]
@@ -212,6 +250,9 @@ def _check_external_data(proto: onnx.ModelProto, base_dir: Path | None, origin: 
             raise ModelLoadError(
                 f"{where} is marked external but names no data file", hint="re-export the model"
             )
+        if "\x00" in location:
+            raise ModelLoadError(f"{where} names an external data file with a NUL character in it",
+                                 hint="re-export the model")
         # Reject by the text first ('../x', '/abs'), then by where symlinks really lead.
         lexical = Path(os.path.normpath(base_dir / location))
         target = (base_dir / location).resolve()
