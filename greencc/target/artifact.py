@@ -423,6 +423,9 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise ModelLoadError(
             f"{path} is not valid JSON ({exc})", hint="the artifact is corrupt; compile again"
         ) from None
+    except RecursionError:  # json's decoder recurses into nested arrays and objects
+        raise ModelLoadError(f"{path} is not valid JSON (it nests too deeply)",
+                             hint="the artifact is corrupt; compile again") from None
     problems = _manifest_problems(manifest)
     if problems:
         raise ModelLoadError(
@@ -512,7 +515,7 @@ def _load_report(path: Path) -> Any:
         return Report.from_dict(data)
     except GreenccError as exc:
         raise ModelLoadError(f"{path}: {exc.message}", hint=exc.hint) from None
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise ModelLoadError(
             f"{path} is not a valid greencc report ({exc})", hint="the artifact is corrupt"
         ) from None

@@ -13,6 +13,7 @@ import onnx.parser
 import pytest
 
 import greencc as gc
+from greencc.cli import main
 from greencc.data import CalibrationData
 from tests.fuzz.cases import DENSE, Invocation
 from tests.fuzz.harness import problems, run_inprocess, snapshot
@@ -195,3 +196,13 @@ def test_ir_dump_escapes_node_names(tmp_path: Path) -> None:
     status, _ = _run(tmp_path, ["compile", str(path), "-O1", "--print-ir-after", "all", "-o", str(tmp_path / "out"), "-q"],
                      tmp_path / "out")
     assert status == 0
+
+
+@pytest.mark.parametrize("name", ["greencc.json", "report.json"])
+def test_deeply_nested_artifact_json_is_a_load_error(tmp_path: Path, name: str) -> None:
+    model = _dense(tmp_path)
+    artifact = tmp_path / "in" / "art"
+    assert main(["compile", str(model), "-O1", "-o", str(artifact), "-q"]) == 0
+    (artifact / name).write_text("[" * 100_000 + "]" * 100_000)
+    status, err = _run(tmp_path, ["bench", str(artifact), "--repeats", "1", "--warmup", "0"])
+    assert status == 3 and name in err
