@@ -251,8 +251,18 @@ def _build_greencc(directory: Path, out: Path, pipeline: str, budget: str | None
     import greencc as gc
 
     if not exported:
-        start = time.perf_counter()
-        exported.append((gc.from_pretrained(directory, task="text-generation"), time.perf_counter() - start))
+        # The export of the large model takes minutes: kept beside the built contenders.
+        cached = out.parent / "export" / "model.onnx"
+        timing = out.parent / "export" / "export_s.txt"
+        if cached.is_file() and timing.is_file():
+            exported.append((gc.load(cached), float(timing.read_text())))
+        else:
+            start = time.perf_counter()
+            model = gc.from_pretrained(directory, task="text-generation")
+            export_s = time.perf_counter() - start
+            model.save(cached)
+            timing.write_text(f"{export_s:.1f}")
+            exported.append((model, export_s))
     model, export_s = exported[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -264,8 +274,14 @@ def _build_greencc(directory: Path, out: Path, pipeline: str, budget: str | None
                  note=f"export {export_s:.0f} s, compile {compile_s:.0f} s; {_fused_ops(compiled.model)}")
 
 
+def _record(out: Path) -> Path:
+    """Where the benchmark notes how ``out`` was built: beside it, since an artifact's
+    manifest lists every file inside it."""
+    return out.parent / f"{out.name}.bench.json"
+
+
 def _reused(out: Path) -> Built | None:
-    record = out / "bench.json"
+    record = _record(out)
     if not record.exists():
         return None
     fields = json.loads(record.read_text())
@@ -273,7 +289,7 @@ def _reused(out: Path) -> Built | None:
 
 
 def _remember(out: Path, built: Built) -> Built:
-    (out / "bench.json").write_text(json.dumps({"kind": built.kind, "file_bytes": built.file_bytes, "note": built.note}))
+    _record(out).write_text(json.dumps({"kind": built.kind, "file_bytes": built.file_bytes, "note": built.note}))
     return built
 
 

@@ -428,14 +428,19 @@ class DigitsCNN:
 
 @functools.cache
 def digits_cnn(epochs: int = 12) -> DigitsCNN:
-    """Train the small CNN on the digits for a few epochs (about a second on 2 cores)."""
+    """Train the small CNN on the digits for a few epochs (a few seconds on 2 cores).
+
+    Trained in float64 and then cast to float32: float32 kernels round differently on
+    different CPUs (AVX2 vs AVX-512, Intel vs AMD), and a few hundred optimizer steps grow
+    that into a visibly different network; in float64 every x86 machine trains the same one,
+    so tests that judge its accuracy judge the same model everywhere."""
     import torch
 
     data = digits_data()
     torch.manual_seed(0)
-    module = _small_cnn_class()()
+    module = _small_cnn_class()().double()
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
-    x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
+    x, y = torch.from_numpy(data.train_x).double(), torch.from_numpy(data.train_y)
     generator = torch.Generator().manual_seed(0)
     module.train()
     for _ in range(epochs):
@@ -444,7 +449,7 @@ def digits_cnn(epochs: int = 12) -> DigitsCNN:
             loss = torch.nn.functional.cross_entropy(module(x[batch]), y[batch])
             loss.backward()
             optimizer.step()
-    module.eval()
+    module = module.float().eval()
     with torch.no_grad():
         predicted = module(torch.from_numpy(data.test_x)).argmax(1).numpy()
     return DigitsCNN(module, float((predicted == data.test_y).mean()))
