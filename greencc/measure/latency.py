@@ -65,8 +65,11 @@ class LatencyStats:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of these statistics."""
-        return asdict(self)
+        """A JSON-serialisable dict of these statistics (``shapes`` only when known)."""
+        data = asdict(self)
+        if self.shapes is None:
+            del data["shapes"]
+        return data
 
     def __str__(self) -> str:
         threads = f", {self.threads} threads" if self.threads is not None else ""
