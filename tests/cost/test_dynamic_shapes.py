@@ -164,3 +164,19 @@ def test_labels_make_the_accuracy_budget_checked():
     assert fidelity["reference_accuracy"] == 1.0 and fidelity["accuracy"] is not None
     with pytest.raises(UsageError, match="3 labels for 2 calibration samples"):
         gc.optimize(model, "cleanup", calibration=[feeds], labels=labels[:1].repeat(3, 0), budget="acc=0.5")
+
+
+def test_a_target_that_fixes_the_shapes_says_which_it_accepts():
+    pytest.importorskip("tvm", reason="the tvm extra is not installed")
+    proto = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 4] y) {
+          y = Relu (x)
+        }""")
+    with pytest.warns(UserWarning, match=r"'tvm-llvm' compiles static shapes: the artifact accepts only "
+                      r"x: float32\[3, 4\] \(N=3\); compile again with --dim N=N"):
+        compiled = gc.compile(gc.load(proto), "tvm-llvm", "-O0", dims={"N": 3}, threads=1, verify=False)
+    assert compiled.dims == {"N": 3} and compiled.dynamic_dims == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gc.compile(gc.load(proto), "ort-cpu", "-O0", dims={"N": 3}, threads=1, verify=False)
