@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-aarch64 test-conformance lint venv clean
+.PHONY: demo test test-aarch64 test-conformance test-fuzz lint venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ test-aarch64: $(STAMP)
 test-conformance: $(STAMP)
 	mkdir -p build
 	HF_HUB_OFFLINE=1 $(PY) -m tests.conformance.runner --json build/conformance.json
+
+# The fuzz tier widened (`make test` runs 1,200 cases and two bombs): 10,000 seeded hostile
+# inputs and every bomb in a memory-limited subprocess; FUZZ_SEED moves the draw.
+FUZZ_SEED ?= 13
+test-fuzz: $(STAMP)
+	GREENCC_FUZZ_CASES=10000 GREENCC_FUZZ_SEED=$(FUZZ_SEED) GREENCC_FUZZ_SUBPROCESSES=8 HF_HUB_OFFLINE=1 \
+		$(PY) -m pytest -q -n 2 tests/fuzz
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check greencc passes targets tests examples benchmarks
