@@ -4,7 +4,8 @@ greencc prepares a static-shaped graph TVM can import (``tvm_import``), TVM lega
 fuses it into TIR kernels, every kernel gets a CPU schedule — tuned by MetaSchedule when a
 tuning budget is given (``tvm_tuning``), else greencc's default rules (``tvm_schedules``) —
 and LLVM compiles it for this machine's CPU. The artifact is a shared library run by TVM's
-Relax VM.
+Relax VM. A decoder keeps symbolic batch and sequence lengths, so one build runs prefill and
+decode (``symbolic.py``), and ``generate`` keeps its KV cache in TVM tensors (``decoding.py``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from greencc.errors import GreenccError, ModelLoadError, UsageError
+from greencc.errors import GreenccError, InputMismatchError, ModelLoadError, UsageError
 from greencc.frontend.onnx_file import load
 from greencc.ir.io import save_model
 from greencc.ir.shapes import symbolic_dims
 from greencc.ir.traversal import node_label
+from greencc.model import DecoderSpec
 from greencc.target import (
     UNSUPPORTED,
     Availability,
@@ -33,8 +35,10 @@ from greencc.target import (
     node_id,
     register_target,
 )
+from greencc.target.generation import decoder_spec_or_raise
 from greencc.targets.tvm import env as tvm_env
 from greencc.targets.tvm.build import build_checked, fused_module
+from greencc.targets.tvm.decoding import TvmDecodeSession
 from greencc.targets.tvm.onnx_import import prepare_for_tvm, to_relax, tvm_supported_ops
 from greencc.targets.tvm.tuning import tune
 
@@ -79,12 +83,37 @@ class TvmCompiledModel(CompiledModel):
         self._main = self._vm["main"]
         self._input_names = [spec.name for spec in model.inputs]
         self._output_names = [spec.name for spec in model.outputs]
+        self._decoder = DecoderSpec.of(model)
 
     def _make_vm(self) -> Any:
         import tvm
         from tvm import relax
 
         return relax.VirtualMachine(self.executable, tvm.cpu())
+
+    def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Validate ``feeds`` against the signature; a decoder's ``attention_mask`` must also
+        span the past and the new tokens (its Relax shape is ``past_seq + seq``)."""
+        arrays = super().check_feeds(feeds)
+        if self._decoder is not None:
+            total = arrays["attention_mask"].shape[1]
+            past = arrays[self._decoder.past_names()[0]].shape[2]
+            seq = arrays["input_ids"].shape[1]
+            if total != past + seq:
+                raise InputMismatchError(
+                    f"attention_mask covers {total} positions but the past has {past} and "
+                    f"input_ids {seq}",
+                    hint="give one mask entry per cached and per new token (total_seq = past_seq + seq)",
+                )
+        return arrays
+
+    def decode_session(self, batch: int, capacity: int) -> TvmDecodeSession:
+        """A session running the decoder's one Relax function step by step, the KV cache
+        kept in TVM tensors (``capacity`` is not needed: each step's graph concatenates the
+        past and the new keys)."""
+        spec = decoder_spec_or_raise(self)
+        tvm_env.set_runtime_threads(int(self.options["threads"]))
+        return TvmDecodeSession(self._main, self._input_names, self._output_names, spec, batch)
 
     def _run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tvm
@@ -265,7 +294,8 @@ class TvmLlvm(Target):
 
     def lower(self, model: Model, ctx: PassContext | None = None) -> TvmCompiledModel:
         """Compile ``model`` with TVM for this CPU; ``ctx.dims`` binds symbolic dims (1 when
-        unbound). Raises ``UnsupportedOpError`` naming a node TVM cannot import."""
+        unbound), except a decoder's, which stay symbolic. Raises ``UnsupportedOpError``
+        naming a node TVM cannot import."""
 
         self.require_available()
         started = time.perf_counter()

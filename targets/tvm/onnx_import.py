@@ -4,7 +4,8 @@ TVM's importer (``relax.frontend.onnx``) needs what exporters often leave dynami
 shapes for Reshape/Expand/ConstantOfShape. greencc binds the symbolic input dims, re-infers
 shapes and runs its ``cleanup`` passes (which fold the shape arithmetic into constants)
 before importing; an op TVM cannot import becomes an ``UnsupportedOpError`` naming the node
-and the op, never a raw TVM error.
+and the op, never a raw TVM error. A decoder keeps its dims symbolic (``symbolic``): one
+build runs prefill and every decode step.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from greencc.errors import GreenccError, UnsupportedOpError
 from greencc.ir import to_self_contained_proto
 from greencc.ir.shapes import symbolic_dims, with_static_inputs
 from greencc.ir.traversal import node_label
+from greencc.model import DecoderSpec
 from greencc.pipeline.context import PassContext
 from greencc.pipeline.manager import PassManager
+from greencc.targets.tvm.symbolic import convert_symbolic, name_total_length
 
 if TYPE_CHECKING:
     from greencc.model import Model
@@ -31,13 +34,14 @@ _ONNX_DOMAINS = ("", "ai.onnx")
 
 
 def prepare_for_tvm(model: Model, dims: Mapping[str, int] | None) -> Model:
-    """A static-shaped, cleaned-up copy of ``model`` that TVM's ONNX importer accepts.
+    """A cleaned-up copy of ``model`` that TVM's ONNX importer accepts: static-shaped, or
+    for a decoder (a ``DecoderSpec`` in its metadata) with its dims left symbolic.
 
-    ``dims`` binds symbolic input dims (``{"batch": 8}``); unbound ones raise
-    ``UsageError`` naming the input and axis. ``model`` is not modified.
+    ``dims`` binds symbolic input dims (``{"batch": 8}``) of other models; unbound ones
+    raise ``UsageError`` naming the input and axis. ``model`` is not modified.
     """
 
-    names = symbolic_dims(model.ir)
+    names = symbolic_dims(model.ir) if DecoderSpec.of(model) is None else []
     bound = {name: int(size) for name, size in (dims or {}).items() if name in names}
     static = with_static_inputs(model, bound) if names else model.clone()
     return PassManager(PREPARE_PIPELINE).run(static, PassContext(verify=False))
@@ -84,8 +88,12 @@ def to_relax(model: Model) -> Any:
     """
 
     check_importable(model)
+    proto = to_self_contained_proto(model.ir)
+    spec = DecoderSpec.of(model)
+    if spec is not None:
+        name_total_length(proto, spec)
     return import_proto(
-        to_self_contained_proto(model.ir), _importer_class(),
+        proto, _importer_class(),
         hint="rewrite the node with a pass (static shapes via --dim help Reshape and Expand), or compile "
         "for ort-cpu, which runs it",
     )
@@ -135,12 +143,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _importer_class() -> type:
-    """TVM's ONNX graph importer, with each op conversion failure tagged by its node."""
+    """TVM's ONNX graph importer, with each op conversion failure tagged by its node and
+    the symbolic-shape conversions of :func:`~greencc.targets.tvm.symbolic.convert_symbolic`."""
     from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
 
     class NodeNamingImporter(ONNXGraphImporter):
         def _convert_operator(self, op_name: str, inputs: Any, attrs: Any, opset: int) -> Any:
             try:
+                symbolic = convert_symbolic(self.bb, op_name, list(inputs), dict(attrs))
+                if symbolic is not None:
+                    return symbolic
                 return super()._convert_operator(op_name, inputs, attrs, opset)
             except Exception as exc:
                 node = str(attrs.get("tvm_custom", {}).get("name") or "<unnamed>")

@@ -113,7 +113,10 @@ def tune(
     for index, task in enumerate(tasks, start=1):
         name = task.task_name
         workload = task.dispatched[0]
-        if _has_valid_record(database, workload):
+        if _has_symbolic_shape(workload):
+            summary.skipped.append(name)
+            message = f"{name}: skipped (symbolic shapes, which MetaSchedule cannot measure), default schedule"
+        elif _has_valid_record(database, workload):
             summary.cached.append(name)
             message = f"{name}: reused cached records"
         elif time.perf_counter() - started >= budget_s:
@@ -129,6 +132,17 @@ def tune(
             progress(index, len(tasks), message)
     summary.seconds = time.perf_counter() - started
     return database, summary
+
+
+def _has_symbolic_shape(workload: Any) -> bool:
+    """True when a kernel's buffers have a symbolic dim (a decoder's sequence lengths): its
+    candidates cannot be run on inputs of one size, so it keeps the default schedule."""
+    from tvm import tirx
+
+    func = next((f for f in workload.functions.values() if isinstance(f, tirx.PrimFunc)), None)
+    if func is None:
+        return False
+    return any(not isinstance(dim, tirx.IntImm) for buffer in func.buffer_map.values() for dim in buffer.shape)
 
 
 def _has_valid_record(database: Any, workload: Any) -> bool:
