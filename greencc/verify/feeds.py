@@ -8,6 +8,7 @@ position ids and a random KV past.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,6 +23,9 @@ from greencc.model import DecoderSpec, Model, TensorSpec
 _WORDS = np.array(["alpha", "beta", "gamma", "delta", "epsilon", "zeta"], dtype=object)
 # Elements of a generated sequence input.
 _SEQUENCE_LENGTH = 2
+# The most bytes of random data made for one input; a larger declared shape is refused
+# before anything is allocated (a model may declare any dim up to 2**63).
+MAX_FEED_BYTES = 4 << 30
 # Ops that pass an integer value through unchanged in meaning (input 0 only), followed to
 # find where an input's values are read as a shape, an axis or a divisor.
 _PASS_THROUGH = frozenset({"Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Abs"})
@@ -104,6 +108,11 @@ def random_feeds(
                 shape.append(batch)
             else:
                 shape.append(int(dims.get(dim, 1)) if dim else 1)
+        itemsize = np.dtype(spec.dtype).itemsize if spec.dtype not in ("unknown", "object") else 8
+        if math.prod(shape) * itemsize > MAX_FEED_BYTES:
+            raise UsageError(f"input '{spec.name}' of shape {shape} would need {math.prod(shape) * itemsize >> 20} MiB "
+                             f"of random data, over the {MAX_FEED_BYTES >> 30} GiB limit",
+                             hint="bind its symbolic dims to smaller sizes (--dim NAME=SIZE) or give calibration data")
         if spec.container in ("sequence", "optional-sequence"):
             feeds[spec.name] = [_tensor(spec, value, tuple(shape), rng, bounds) for _ in range(_SEQUENCE_LENGTH)]
         else:

@@ -206,3 +206,10 @@ def test_deeply_nested_artifact_json_is_a_load_error(tmp_path: Path, name: str) 
     (artifact / name).write_text("[" * 100_000 + "]" * 100_000)
     status, err = _run(tmp_path, ["bench", str(artifact), "--repeats", "1", "--warmup", "0"])
     assert status == 3 and name in err
+
+
+@pytest.mark.parametrize("dim", [2**40, 2**62])
+def test_input_too_large_to_feed_is_refused_before_allocating(tmp_path: Path, dim: int) -> None:
+    path = _mutated(tmp_path, lambda proto: proto.graph.input[0].type.tensor_type.shape.dim[0].__setattr__("dim_value", dim))
+    status, err = _run(tmp_path, ["compile", str(path), "-O1", "-o", str(tmp_path / "out")], tmp_path / "out")
+    assert status == 2 and "of random data, over the 4 GiB limit" in err
