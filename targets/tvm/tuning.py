@@ -142,7 +142,8 @@ def _has_symbolic_shape(workload: Any) -> bool:
     func = next((f for f in workload.functions.values() if isinstance(f, tirx.PrimFunc)), None)
     if func is None:
         return False
-    return any(not isinstance(dim, tirx.IntImm) for buffer in func.buffer_map.values() for dim in buffer.shape)
+    shapes = [param.ty.shape for param in func.params if hasattr(param.ty, "shape")]
+    return any(not isinstance(dim, tirx.IntImm) for shape in shapes for dim in shape)
 
 
 def _has_valid_record(database: Any, workload: Any) -> bool:
