@@ -279,8 +279,8 @@ def with_static_inputs(model: M, dims: Mapping[str, int] | None = None) -> M:
         if out not in graph_inputs:
             out.shape = None
     for value in clone.graph.inputs:
-        if value.name in initializer_names:
-            continue
+        if value.name in initializer_names or isinstance(value.type, (ir.SequenceType, ir.OptionalType)):
+            continue  # a sequence's or optional's element shape is not part of the signature
         if value.shape is None:
             raise UsageError(
                 f"input '{value.name}' has no shape, so it cannot be made static",

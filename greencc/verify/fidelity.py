@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -267,6 +268,9 @@ def measure_fidelity(
     max_abs = 0.0
     max_rel = 0.0
     for ref_outputs, got_outputs in zip(reference, candidate, strict=True):
+        ref_outputs, got_outputs = _tensors(ref_outputs), _tensors(got_outputs)
+        if len(ref_outputs) != len(got_outputs):
+            return Fidelity(-1.0, -1.0, float("inf"), float("inf"), len(reference))
         ref_flat, got_flat = [], []
         for ref, got in zip(ref_outputs, got_outputs, strict=True):
             ref = np.asarray(ref)
@@ -329,11 +333,26 @@ def _accuracy(logits: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> flo
     return correct / total if total else 0.0
 
 
+def _tensors(outputs: Sequence[Any]) -> list[Any]:
+    """One sample's outputs with sequence outputs (lists of arrays) spread into their
+    tensors and empty optionals (None) left out, so each is compared as a tensor."""
+    flat: list[Any] = []
+    for output in outputs:
+        if isinstance(output, (list, tuple)):
+            flat.extend(output)
+        elif output is not None:
+            flat.append(output)
+    return flat
+
+
 def exact_violation(
     reference: Sequence[Sequence[np.ndarray]], candidate: Sequence[Sequence[np.ndarray]]
 ) -> str | None:
     """``None`` when every output matches within its dtype's exact tolerance, else why."""
     for sample, (ref_outputs, got_outputs) in enumerate(zip(reference, candidate, strict=True)):
+        ref_outputs, got_outputs = _tensors(ref_outputs), _tensors(got_outputs)
+        if len(ref_outputs) != len(got_outputs):
+            return f"a sequence or optional output changed length on sample {sample}"
         for index, (ref, got) in enumerate(zip(ref_outputs, got_outputs, strict=True)):
             ref, got = np.asarray(ref), np.asarray(got)
             if ref.shape != got.shape or ref.dtype != got.dtype:

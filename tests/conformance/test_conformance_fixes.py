@@ -39,6 +39,9 @@ def _ort(model: onnx.ModelProto, feeds: dict) -> list:
     ("test_affine_grid_2d_expanded", "node"),
     ("test_affine_grid_2d_align_corners_expanded", "node"),
     ("test_sequence_map_extract_shapes_expanded", "node"),
+    ("test_identity_sequence", "node"),  # a sequence input has no static shape to bind
+    ("test_loop13_seq", "node"),  # sequence outputs compared tensor by tensor
+    ("test_sequence_insert_at_back", "node"),
 ])
 def test_backend_tests_that_greencc_broke_now_pass(name: str, kind: str) -> None:
     with warnings.catch_warnings():
