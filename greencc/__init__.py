@@ -33,6 +33,8 @@ _LAZY: dict[str, str] = {
     "Pipeline": "greencc.pipeline.text",
     "PassManager": "greencc.pipeline.manager",
     "Instrument": "greencc.pipeline.instruments",
+    "ProgressEvent": "greencc.pipeline.progress",
+    "TerminalProgress": "greencc.pipeline.progress",
     "load_plugin": "greencc.pipeline.plugins",
     # targets
     "Target": "greencc.target",
@@ -94,6 +96,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from greencc.pipeline.instruments import Instrument  # noqa: F401
     from greencc.pipeline.manager import PassManager  # noqa: F401
     from greencc.pipeline.plugins import load_plugin  # noqa: F401
+    from greencc.pipeline.progress import ProgressEvent, TerminalProgress  # noqa: F401
     from greencc.pipeline.text import Pipeline  # noqa: F401
     from greencc.report.ledger import Report  # noqa: F401
     from greencc.target import (  # noqa: F401

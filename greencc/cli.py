@@ -333,6 +333,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     """``greencc compile``."""
     from greencc.driver import compile as compile_model
     from greencc.pipeline.instruments import PrintIRInstrument
+    from greencc.pipeline.progress import TerminalProgress
 
     output = os.path.abspath(args.output)
     if os.path.exists(output) and not os.path.isdir(output):
@@ -352,12 +353,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
                          hint="give a new file name, e.g. --report-json report.json")
     instruments = ([PrintIRInstrument(args.print_ir_after, stream=_PrintableStream(sys.stderr))]
                    if args.print_ir_after else [])
-    with _status("loading, optimizing, verifying and lowering", args.quiet):
+    with TerminalProgress(enabled=not args.quiet and sys.stderr.isatty()) as progress:
         compiled = compile_model(
             config=config,
             instruments=instruments,
             reproducer_dir=args.repro_dir or os.path.dirname(output),
             output_dir=output,
+            progress=progress,
         )
     report = compiled.report
     if args.report_json:

@@ -19,10 +19,10 @@ import onnx
 
 from greencc.config import CompileConfig, file_sha256
 from greencc.cost.estimate import estimate_cost
-from greencc.cost.kernel_model import find_calibrated_profile
 from greencc.data import CalibrationData, as_calibration
 from greencc.errors import GreenccError, TargetUnavailableError, UnsupportedOpError, UsageError
 from greencc.execution import Executor
+from greencc.execution.calibrate import machine_profile
 from greencc.frontend.hf import from_pretrained, is_model_directory
 from greencc.frontend.onnx_file import load
 from greencc.instruments.ledger import LedgerInstrument, MeasureModel, new_report
@@ -32,9 +32,10 @@ from greencc.measure.carbon import CarbonFactors
 from greencc.measure.energy import best_meter, measure_energy
 from greencc.model import DecoderSpec, Model
 from greencc.pipeline.context import PassContext
-from greencc.pipeline.instruments import Instrument
+from greencc.pipeline.instruments import Instrument, ProgressInstrument
 from greencc.pipeline.manager import PassManager
 from greencc.pipeline.plugins import load_plugins
+from greencc.pipeline.progress import ProgressCallback, ProgressReporter
 from greencc.pipeline.repro import read_reproducer
 from greencc.pipeline.text import Pipeline
 from greencc.report.ledger import Report
@@ -125,6 +126,7 @@ def optimize(
     measure_model: MeasureModel | None = None,
     config: CompileConfig | None = None,
     labels: Any = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[Model, Report]:
     """Run ``pipeline`` over ``model`` with verification and the ledger; the input is not
     modified. Returns the rewritten model and its :class:`Report` (estimates for the
@@ -133,13 +135,16 @@ def optimize(
     ``measured`` (``compile(measure=True)`` passes one that lowers to the target).
     ``config`` is the :class:`CompileConfig` recorded in the report and in reproducers.
     ``labels`` (one per calibration sample, in order) let verification score task accuracy,
-    which a budget's ``acc=`` term needs."""
+    which a budget's ``acc=`` term needs. ``progress`` receives a
+    :class:`~greencc.pipeline.progress.ProgressEvent` as each pass starts and ends and as
+    long passes advance (see :func:`compile`)."""
     model = as_model(model)
     optimized, report, _ = _optimize(
         model, pipeline, target=target, profile=profile,
         calibration=_checked_calibration(calibration, model), budget=budget, dims=dims,
         verify=verify, seed=seed, instruments=instruments, reproducer_dir=reproducer_dir,
         measure_model=measure_model, config=config, labels=labels,
+        progress=ProgressReporter(progress),
     )
     return optimized, report
 
@@ -160,6 +165,7 @@ def _optimize(
     measure_model: MeasureModel | None,
     config: CompileConfig | None,
     labels: Any = None,
+    progress: ProgressReporter | None = None,
 ) -> tuple[Model, Report, PassContext]:
     """``optimize`` on checked calibration data; also returns the run's context, which
     ``compile`` lowers with."""
@@ -176,6 +182,7 @@ def _optimize(
         reproducer_dir=reproducer_dir,
         config=config,
         executor=Executor.for_compile(target),  # one per compile: every model the run executes
+        progress=progress,
     )
     manager = PassManager(pipeline)
     report = new_report(model, ctx, str(manager.pipeline))
@@ -191,6 +198,7 @@ def _optimize(
     ctx.instruments = [
         *([VerifyInstrument(batches[:verified] if batches is not None else None)] if verify else []),
         LedgerInstrument(report, measure=measure_model),
+        ProgressInstrument(len(manager.passes)),
         *instruments,
     ]
     with ctx:
@@ -237,6 +245,7 @@ def compile(  # noqa: A001 - the public verb of a compiler
     plugins: Sequence[str | os.PathLike] = (),
     config: CompileConfig | None = None,
     labels: Any = None,
+    progress: ProgressCallback | None = None,
 ) -> CompiledModel:
     """Optimize ``model`` with ``pipeline``, legalize and lower it for ``target``.
 
@@ -265,8 +274,17 @@ def compile(  # noqa: A001 - the public verb of a compiler
     in order) let verification score task accuracy, which a budget's ``acc=`` term needs;
     a budget term that cannot be checked on the model is refused (``UsageError``).
 
-    For ``target="ort-cpu"`` given by name, a profile calibrated on this machine by
-    ``greencc cost calibrate`` for the same thread count replaces the default one.
+    ``progress`` is called with a :class:`~greencc.pipeline.progress.ProgressEvent` as each
+    pass starts (pass i of N, seconds elapsed) and ends, as long passes advance (int8
+    sensitivity, pruning scores, GPTQ, TVM tuning) and as lowering and measuring begin;
+    ``with gc.TerminalProgress() as show: gc.compile(..., progress=show)`` draws it on a
+    terminal (and nothing when stderr is not one). Without it a compile is silent.
+
+    A target given by name (``"ort-cpu"``, ``"tvm-llvm"``) without a ``profile`` option
+    prices on this machine: a profile calibrated here for the same thread count (by
+    ``greencc cost calibrate``, or by a quick calibration of about 15 s that ort-cpu runs on
+    first use), else the profile detected from the CPU; ``$GREENCC_HOST_PROFILE=detect``
+    skips the quick calibration, ``=off`` keeps the shipped socket profile.
     """
     described = {
         "target": target, "pipeline": pipeline, "budget": budget, "dims": dims, "verify": verify,
@@ -282,6 +300,8 @@ def compile(  # noqa: A001 - the public verb of a compiler
         _check_only_config(described)
     load_plugins(config.plugins)
     factors = CarbonFactors.of(config.grid_intensity, config.pue)
+    reporter = ProgressReporter(progress)
+    reporter.stage("load model")
     model = as_model(model) if model is not None else _config_model(config)
     data = _checked_calibration(calibration if calibration is not None else _config_calibration(config), model)
     config = _recorded(config, model, calibration, data)
@@ -309,7 +329,9 @@ def compile(  # noqa: A001 - the public verb of a compiler
         model, full, target=resolved, profile=None, calibration=data, budget=config.budget,
         dims=config.dims, verify=config.verify, seed=config.seed, instruments=instruments,
         reproducer_dir=reproducer_dir, measure_model=measure_model, config=config, labels=labels,
+        progress=reporter,
     )
+    reporter.stage(f"lower {resolved.name}")
     compiled = resolved.lower(optimized, ctx)
     compiled.report = report
     compiled.config = config
@@ -317,6 +339,7 @@ def compile(  # noqa: A001 - the public verb of a compiler
     _warn_specialized(model, compiled)
     report.carbon_factors = factors.to_dict()
     if config.measure:
+        reporter.stage("measure")
         final = _figures(report.rows[-1].measured)
         if "latency" not in final:  # the last pass's model could not be measured: the compiled one
             latency, energy = _measure(compiled, optimized, report.dims, config.seed, meter, window_s)
@@ -516,16 +539,18 @@ def _checked_calibration(calibration: Any, model: Model) -> CalibrationData | No
 
 
 def _resolve_target(target: Target | str, **options: Any) -> Target:
-    """``resolve_target``, plus this machine's calibrated profile for a target given by name.
+    """``resolve_target``, priced on this machine for a target given by name.
 
-    Only a plain target name (``"ort-cpu"``) picks up a calibrated profile: a tag names its
-    profile on purpose, and an instance carries its own.
+    Only a plain target name (``"ort-cpu"``) without a ``profile`` option gets this
+    machine's profile (:func:`~greencc.execution.calibrate.machine_profile`: a saved
+    calibration, else a quick one on first use, else the CPU's detected profile): a tag or
+    a ``profile=`` names its profile on purpose, and an instance carries its own.
     """
     resolved = resolve_target(target, **options)
-    if isinstance(target, str) and target.strip() == resolved.name:
-        calibrated = find_calibrated_profile(resolved.name, resolved.options.get("threads"))
-        if calibrated is not None:
-            resolved = resolve_target(resolved, profile=calibrated)
+    if isinstance(target, str) and target.strip() == resolved.name and "profile" not in options:
+        profile = machine_profile(resolved)
+        if profile is not None:
+            resolved = resolve_target(resolved, profile=profile)
     return resolved
 
 

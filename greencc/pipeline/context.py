@@ -15,6 +15,7 @@ from greencc.cost.profile import HardwareProfile
 from greencc.errors import UsageError
 from greencc.execution import Executor, VerificationReference
 from greencc.ir.traversal import node_label
+from greencc.pipeline.progress import ProgressCallback, ProgressReporter
 from greencc.target import resolve_target
 from greencc.verify.fidelity import FidelityBudget
 
@@ -47,7 +48,10 @@ class PassContext:
     and random verification inputs; ``verify`` turns numerical verification after each
     pass on or off; ``reproducer_dir`` is where a failing run writes its reproducer;
     ``config`` is the :class:`~greencc.config.CompileConfig` the run belongs to (what a
-    reproducer records).
+    reproducer records). ``progress`` (a callback receiving
+    :class:`~greencc.pipeline.progress.ProgressEvent` s, or a reporter) becomes
+    ``ctx.progress``, the :class:`~greencc.pipeline.progress.ProgressReporter` long passes
+    report their inner steps through: ``ctx.progress.step("sensitivity", done, total)``.
 
     ``executor`` runs every model a pass or instrument needs to run (default: one for
     ``target``, see ``Executor.for_compile``); ``reference`` holds the verification
@@ -64,7 +68,7 @@ class PassContext:
         seed: int = 0,
         dims: Mapping[str, int] | None = None,
         verify: bool = True,
-        progress: bool = False,
+        progress: ProgressCallback | ProgressReporter | None = None,
         cache_dir: str | Path | None = None,
         reproducer_dir: str | Path | None = None,
         instruments: Sequence[Instrument] = (),
@@ -79,7 +83,7 @@ class PassContext:
         self.seed = seed
         self.dims = dict(dims or {})
         self.verify = verify
-        self.progress = progress
+        self.progress = progress if isinstance(progress, ProgressReporter) else ProgressReporter(progress)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.reproducer_dir = Path(reproducer_dir) if reproducer_dir else None
         self.instruments: list[Instrument] = list(instruments)

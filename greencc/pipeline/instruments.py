@@ -1,5 +1,5 @@
-"""Pass instruments: hooks around every pass (TVM style). Timing and IR dumps live here;
-verification (greencc.instruments.verify) and the energy ledger (greencc.report.ledger)
+"""Pass instruments: hooks around every pass (TVM style). Timing, progress and IR dumps live
+here; verification (greencc.instruments.verify) and the energy ledger (greencc.report.ledger)
 are instruments too.
 """
 
@@ -74,3 +74,28 @@ class PrintIRInstrument(Instrument):
         if self.after == "all" or (self.after == "change" and record.modified) or self.after == pass_.name:
             print(f"// -----// IR after {pass_} //----- //", file=self.stream)
             print(str(model.graph), file=self.stream)
+
+
+class ProgressInstrument(Instrument):
+    """Reports each pass to ``ctx.progress`` as it starts and ends: pass i of ``total`` (the
+    pipeline's items; the repeated steps of a ``steps=N`` item count as that one item)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._index = 0
+        self._last: Pass | None = None
+
+    def enter_pipeline(self, model: Model, ctx: PassContext) -> None:
+        self._index, self._last = 0, None
+
+    def before_pass(self, pass_: Pass, model: Model, ctx: PassContext) -> None:
+        if pass_ is not self._last:
+            self._index += 1
+            self._last = pass_
+        ctx.progress.start_pass(str(pass_), self._index, self.total)
+
+    def after_pass(self, pass_: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:
+        ctx.progress.end_pass(record.modified)
+
+    def after_pass_failure(self, pass_: Pass, model: Model, ctx: PassContext, error: Exception) -> None:
+        ctx.progress.end_pass(False)

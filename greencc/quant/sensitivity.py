@@ -88,6 +88,7 @@ def choose_float_layers(
     max_float: int | None = None,
     metric: Callable[[Fidelity], float] | None = None,
     costly_first: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SensitivityReport:
     """Rank ``layers`` and keep the worst offenders in float until ``budget`` holds.
 
@@ -100,15 +101,18 @@ def choose_float_layers(
     ``budget.primary_metric()`` ranks by perplexity under a ``ppl=`` budget; ``loss`` is
     then in the metric's units. ``costly_first=False`` ranks layers that save no energy
     last instead of returning them to float unasked (when the quantized form is wanted for
-    its size). ``layers`` are updated in place and returned ranked best first.
+    its size). ``progress(done, total)`` is called as each leave-one-out score is done.
+    ``layers`` are updated in place and returned ranked best first.
     """
     metric = metric or (lambda fidelity: fidelity.cosine_min)
     layers = list(layers)
     all_int8 = score(frozenset())
-    for layer in layers:
+    for done, layer in enumerate(layers, start=1):
         without = score(frozenset({layer.name}))
         layer.cosine_without = without.cosine_min
         layer.loss = max(0.0, metric(without) - metric(all_int8))
+        if progress is not None:
+            progress(done, len(layers))
     # Best value first: energy-positive layers by mJ per cosine descending, then the layers
     # that save nothing, the least lossy first (so the lossiest go back to float first).
     layers.sort(key=lambda layer: (layer.energy_saved_mj > 0,

@@ -20,7 +20,7 @@ Scores (higher = more important), per head ``h`` with mask ``ξ`` (``ξ = 1`` is
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -85,11 +85,13 @@ def head_importance(
     source: str = "calibration",
     base_masks: Sequence[np.ndarray] | None = None,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> HeadImportance:
     """Score every head of ``masked``'s blocks with ``method`` (one of :data:`SCORES`).
 
     ``base_masks`` (per block, 0/1) marks heads already removed: they score ``-inf`` and
     the others are measured with them masked. Units: unitless ratios (see module doc).
+    ``progress(done, total)`` is called as each sample's blocks are scored.
     """
     if method not in SCORES:
         raise ValueError(f"unknown head score '{method}'")
@@ -101,7 +103,7 @@ def head_importance(
         rng = np.random.default_rng(seed)
         values = [rng.random(h) for h in masked.heads]
     else:
-        values = _measured(masked, samples, method, base)
+        values = _measured(masked, samples, method, base, progress)
     result = HeadImportance(method, len(samples) if method in ("ablation", "fisher") else 0, source)
     for block, row in zip(found.blocks, values, strict=True):
         for h, value in enumerate(row):
@@ -111,9 +113,10 @@ def head_importance(
 
 
 def _measured(masked: HeadMaskedModel, samples: Sequence[Mapping[str, np.ndarray]], method: str,
-              base: list[np.ndarray]) -> list[np.ndarray]:
+              base: list[np.ndarray], progress: Callable[[int, int], None] | None) -> list[np.ndarray]:
     values = [np.zeros(h) for h in masked.heads]
-    for feeds in samples:
+    total = len(samples) * len(masked.heads)
+    for index, feeds in enumerate(samples):
         reference = _flat(masked.run(feeds, base))
         norm = float(np.dot(reference, reference)) or 1.0
         for b, heads in enumerate(masked.heads):
@@ -128,6 +131,8 @@ def _measured(masked: HeadMaskedModel, samples: Sequence[Mapping[str, np.ndarray
                     down = _flat(masked.run(feeds, _with(base, b, h, 1.0 - FISHER_EPSILON)))
                     change = (up - down) / (2 * FISHER_EPSILON)
                 values[b][h] += float(np.dot(change, change)) / norm
+            if progress is not None:
+                progress(index * len(masked.heads) + b + 1, total)
     return [v / max(1, len(samples)) for v in values]
 
 

@@ -106,7 +106,10 @@ class PruneHeads(Pass):
         ones = masked.ones()
 
         def scores(masks: list[np.ndarray]) -> list[np.ndarray]:
-            result = head_importance(masked, samples, self.score, source=source, base_masks=masks, seed=ctx.seed)
+            result = head_importance(
+                masked, samples, self.score, source=source, base_masks=masks, seed=ctx.seed,
+                progress=lambda done, total: ctx.progress.step(f"{self.score} head scores", done, total),
+            )
             if self.importance is None:
                 self.importance = result
             return result.by_block()

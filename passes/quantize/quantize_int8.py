@@ -268,7 +268,10 @@ class QuantPlan:
         energy = self.energy_saved()
         layers = [LayerSensitivity(name, self.kinds[name], energy.get(name, 0.0)) for name in self.site_names]
         budget = self.ctx.budget if self.ctx.budget is not None and self.ctx.budget.min_cosine is not None else DEFAULT_BUDGET
-        report = choose_float_layers(layers, self.score, budget)
+        report = choose_float_layers(
+            layers, self.score, budget,
+            progress=lambda done, total: self.ctx.progress.step("int8 sensitivity", done, total),
+        )
         if self.options.outliers == "as-needed" and not report.kept_float:
             self.unsplit = self._drop_splits(budget, frozenset(report.kept_float))
         return report

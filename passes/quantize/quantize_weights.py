@@ -288,7 +288,7 @@ class WeightPlan:
         hessians = self._hessians() if options.method == "gptq" else {}
         self.weights: dict[str, BlockQuantized] = {}
         self.embeddings: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
-        for site in self.sites:
+        for done, site in enumerate(self.sites, start=1):
             bits = options.site_bits(site)
             if site.kind == "embedding":
                 data, scales, zero, _ = quantize_embedding(site.weight, bits, options.block, options.symmetric)
@@ -298,6 +298,7 @@ class WeightPlan:
                                                         options.symmetric, act_order=options.act_order)
             else:
                 self.weights[site.name] = quantize_rtn(site.weight, bits, options.block, options.symmetric)
+            ctx.progress.step(f"{options.method} weights", done, len(self.sites))
 
     # -- calibration -----------------------------------------------------------------------
     def samples(self) -> list[dict[str, np.ndarray]]:
@@ -415,8 +416,11 @@ class WeightPlan:
         budget = self.budget()
         # Layers that save no energy are still wanted small (when=saves-energy drops them
         # before this): they rank last, and go back to float only for the budget.
-        return choose_float_layers(layers, lambda names: self.score(names | kept), budget,
-                                   metric=budget.primary_metric(), costly_first=False)
+        return choose_float_layers(
+            layers, lambda names: self.score(names | kept), budget, metric=budget.primary_metric(),
+            costly_first=False,
+            progress=lambda done, total: self.ctx.progress.step(f"{label} sensitivity", done, total),
+        )
 
     def energy_saved(self) -> dict[str, float]:
         """Estimated energy (mJ per inference at ``ctx.dims``) each site's quantized form

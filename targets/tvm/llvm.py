@@ -11,9 +11,8 @@ decode (``symbolic.py``), and ``generate`` keeps its KV cache in TVM tensors (``
 from __future__ import annotations
 
 import shutil
-import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +44,7 @@ from greencc.targets.tvm.tuning import tune
 if TYPE_CHECKING:
     from greencc.model import Model
     from greencc.pipeline.context import PassContext
+    from greencc.pipeline.progress import ProgressReporter
 
 LIBRARY_FILE = "model.so"
 MODEL_FILE = "model.onnx"
@@ -309,8 +309,7 @@ class TvmLlvm(Target):
             fused = fused_module(relax_mod, target)
         database, tuning = None, {}
         if self.options["tune_budget_s"] > 0:
-
-            progress = _stderr_progress if (ctx is not None and ctx.progress) else None
+            progress = _tuning_progress(ctx.progress) if ctx is not None and ctx.progress.enabled else None
             database, summary = tune(
                 fused, target, spec,
                 budget_s=self.options["tune_budget_s"],
@@ -327,8 +326,13 @@ class TvmLlvm(Target):
         )
 
 
-def _stderr_progress(done: int, total: int, message: str) -> None:
-    print(f"tvm tuning [{done}/{total}] {message}", file=sys.stderr, flush=True)
+def _tuning_progress(reporter: ProgressReporter) -> Callable[[int, int, str], None]:
+    """Tuning's per-kernel callback ``(done, total, message)`` as steps of ``reporter``."""
+
+    def report(done: int, total: int, message: str) -> None:
+        reporter.step(f"tvm tuning: {message}", done, total)
+
+    return report
 
 
 def _dims_for(model: Model, ctx: PassContext | None) -> dict[str, int]:

@@ -30,7 +30,7 @@ def _feeds(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_tuning_records_are_cached_and_reused(tmp_path, monkeypatch):
+def test_tuning_records_are_cached_and_reused(tmp_path):
     if not tuning_availability():
         pytest.skip(f"MetaSchedule unavailable: {tuning_availability().reason}")
     model = model_from_text(MATMUL_RELU)
@@ -46,13 +46,13 @@ def test_tuning_records_are_cached_and_reused(tmp_path, monkeypatch):
     feeds = _feeds()
     np.testing.assert_allclose(first(feeds)["y"], run_ort(model, feeds)[0], rtol=1e-5, atol=1e-5)
 
-    from greencc.targets.tvm import llvm as tvm_llvm
+    def listen(event: gc.ProgressEvent) -> None:
+        messages.append((event.done, event.steps, event.what))
 
-    monkeypatch.setattr(tvm_llvm, "_stderr_progress", lambda *args: messages.append(args))
-    again = TvmLlvm(**options).lower(model, gc.PassContext(progress=True))
+    again = TvmLlvm(**options).lower(model, gc.PassContext(progress=listen))
     assert again.tuning["cached"] == ["fused_matmul_relu"] and again.tuning["tuned"] == []
     assert again.tuning["trials"] == 0
-    assert messages == [(1, 1, "fused_matmul_relu: reused cached records")]
+    assert messages == [(1, 1, "tvm tuning: fused_matmul_relu: reused cached records")]
     np.testing.assert_allclose(again(feeds)["y"], first(feeds)["y"], rtol=0, atol=0)
 
 

@@ -1,7 +1,7 @@
-"""The calibration suite: small ONNX models, one per op class the cost model prices
+"""The calibration suites: small ONNX models, one per op class the cost model prices
 (MatMul/Gemm across shapes, batched MatMul, Conv, elementwise, reductions, Softmax,
 LayerNorm, int8 MatMulInteger/ConvInteger, and the contrib kernels ONNX Runtime fuses to),
-at sizes from overhead-bound to DRAM-sized.
+at sizes from overhead-bound to DRAM-sized; and the quick subset a first use runs.
 """
 
 from __future__ import annotations
@@ -430,3 +430,24 @@ def default_benchmarks() -> list[MicroBenchmark]:
         b("dynamicquantize 128x384", "quantization", "float32", _dynamic_quantize(128, 384)),
     ]
 
+
+
+# The quick suite: enough to fit the terms a profile carries (float32 and int8 throughput,
+# bandwidth per memory level, dispatch and per-inference overhead) and the kernels a
+# transformer's int8 decision weighs (quantizing activations, casts, scale multiplies).
+QUICK_BENCHMARKS = (
+    "neg[1]x1", "neg[1]x16", "neg[1]x64", "shape ops x4", "add [16,32]x16",
+    "matmul 1x384x384", "matmul 16x32x32", "matmul 128x384x384", "matmul 128x384x1536",
+    "matmul 512x512x512", "matmul 128x384x384 x4", "gemm 128x384x384", "bmm 12x128x32x128",
+    "add 4K", "add 256K", "add 4M", "add 32M", "mul 1M", "relu 64K", "cast 128x384",
+    "gelu 128x1536", "softmax 12x128x128", "layernorm 128x384", "skiplayernorm 128x384",
+    "attention 1x128x384 h12", "transpose 12x128x32", "gather 30522x384 [128]",
+    "matmulinteger 1x384x384", "matmulinteger 128x384x384", "matmulinteger 128x384x1536",
+    "matmulinteger 1024x384x1536", "dynamicquantize 128x384",
+)
+
+
+def quick_benchmarks() -> list[MicroBenchmark]:
+    """The subset of :func:`default_benchmarks` a first-use calibration runs (a third of
+    the suite): the profile's global terms, not every kernel's efficiency."""
+    return [bench for bench in default_benchmarks() if bench.name in QUICK_BENCHMARKS]
