@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from greencc.calibration.benchmarks import default_benchmarks
-from greencc.calibration.run import BackgroundLoad, predict_latency, target_graph
+from greencc.calibration.run import predict_latency
 from greencc.cost.estimate import estimate_cost
 from greencc.cost.kernel_model import find_calibration, save_validation
 from greencc.cost.profile import HardwareProfile
 from greencc.driver import compile as compile_model
 from greencc.errors import UsageError
+from greencc.execution.calibrate import BackgroundLoad, target_graph
+from greencc.execution.microbenchmarks import default_benchmarks
 from greencc.frontend.onnx_file import load
 from greencc.pipeline.base import registered_passes
 from greencc.pipeline.text import PRESETS

@@ -26,6 +26,7 @@ import numpy as np
 
 from greencc.cache import cache_dir
 from greencc.cost.estimate import estimate_cost
+from greencc.cost.host import HOST_PROFILE_CORES, memory_levels_here, scaled_static_power_w
 from greencc.cost.profile import HardwareProfile, MemoryLevel
 from greencc.errors import UsageError
 from greencc.ir.shapes import symbolic_dims, with_static_inputs
@@ -38,9 +39,6 @@ VALIDATION_SCHEMA = "greencc.validation/1"
 # static power) were not fitted, since no energy meter was read. The report says so.
 ENERGY_UNCALIBRATED_MARK = "energy terms not calibrated"
 FITTED_DTYPES = ("float32", "int8")
-# The host profile's core count (x86-avx512 models a 96-core EPYC 9654, arm-cortex-a76 a
-# 4-core cluster): static power is scaled to the cores a calibrated profile uses.
-HOST_PROFILE_CORES = {"x86-avx512": 96, "arm-cortex-a76": 4}
 _BIG = 1e30  # a probe profile's "infinitely fast" throughput or bandwidth
 
 
@@ -640,59 +638,11 @@ class _FeatureTable:
 
 
 # --------------------------------------------------------------------------------------
-# The calibrated profile's shape: this machine's caches
+# The calibrated profile's starting point
 # --------------------------------------------------------------------------------------
-def _cache_sizes() -> dict[int, tuple[int, bool]]:
-    """Level -> (bytes per instance, shared by all cores) from sysfs; empty when unknown."""
-    sizes: dict[int, tuple[int, bool]] = {}
-    base = Path("/sys/devices/system/cpu/cpu0/cache")
-    for index in sorted(base.glob("index*")) if base.is_dir() else []:
-        try:
-            kind = (index / "type").read_text().strip()
-            if kind == "Instruction":
-                continue
-            level = int((index / "level").read_text())
-            text = (index / "size").read_text().strip().upper()
-            shared = (index / "shared_cpu_list").read_text().strip()
-        except (OSError, ValueError):
-            continue
-        factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        size = int(text.rstrip("KMG")) * factor
-        sizes[level] = (size, "-" in shared or "," in shared)
-    return sizes
-
-
-def memory_levels_here(threads: int, template: HardwareProfile) -> list[MemoryLevel]:
-    """This machine's memory hierarchy seen by ``threads`` cores: private caches up to L2
-    (summed over the threads), the shared last-level cache, and DRAM. Bandwidths start
-    from the template's and are fitted; energies per byte are the template's."""
-    sizes = _cache_sizes()
-    pj = {lv.name.lower(): lv.energy_pj_per_byte for lv in template.memory_levels}
-    levels: list[MemoryLevel] = []
-    private = sizes.get(2) or sizes.get(1)
-    if private:
-        size, shared = private
-        capacity = size if shared else size * threads
-        levels.append(MemoryLevel("L2", capacity, 1e11, pj.get("l2", 4.0)))
-    last = sizes.get(3)
-    if last and (not levels or last[0] > levels[-1].capacity_bytes):
-        levels.append(MemoryLevel("L3", last[0], 5e10, pj.get("l3", 8.0)))
-    if not levels:  # no sysfs (not Linux): one 1 MiB-per-thread cache level as a stand-in
-        levels.append(MemoryLevel("cache", (1 << 20) * threads, 1e11, pj.get("l2", 4.0)))
-    try:
-        dram_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        dram_bytes = 16 << 30
-    dram_bytes = max(int(dram_bytes), levels[-1].capacity_bytes * 2)
-    levels.append(MemoryLevel("DRAM", dram_bytes, 2e10, template.memory_levels[-1].energy_pj_per_byte))
-    return levels
-
-
 def initial_profile(target_name: str, threads: int, template: HardwareProfile) -> HardwareProfile:
     """The calibrated profile's starting point: this machine's memory levels, the
     template's energy terms with static power scaled to ``threads`` cores."""
-    host_cores = HOST_PROFILE_CORES.get(template.name)
-    static = template.static_power_w * threads / host_cores if host_cores else template.static_power_w
     return HardwareProfile(
         name=calibrated_profile_name(target_name, threads),
         description=f"{target_name} with {threads} thread(s) on this machine, calibrated by greencc cost calibrate",
@@ -700,7 +650,7 @@ def initial_profile(target_name: str, threads: int, template: HardwareProfile) -
         memory_levels=memory_levels_here(threads, template),
         energy_pj_per_mac={d: template.energy_pj_per_mac.get(d, template.energy_pj_per_mac["float32"])
                            for d in FITTED_DTYPES},
-        static_power_w=static,
+        static_power_w=scaled_static_power_w(template, threads),
         op_overhead_s=1e-6,
         supports=dict(template.supports),
         sources=[],

@@ -56,6 +56,8 @@ QUICK_CALIBRATED_TARGETS = ("ort-cpu",)
 # Seconds each quick micro-benchmark is timed for (one round): the suite then takes
 # about 15 s on 2 cores, sessions and fit included.
 QUICK_MIN_TIME_S = 0.1
+# Seconds a quick calibration may take before it gives up (a busy machine).
+QUICK_BUDGET_S = 30.0
 
 # --------------------------------------------------------------------------------------
 # Running the calibration
@@ -256,10 +258,10 @@ def machine_profile(target: Target) -> HardwareProfile | None:
     First a calibration of this machine for the target's threads, saved by ``greencc cost
     calibrate`` or by an earlier first use. Else, for a target running on this CPU
     (:data:`HOST_TARGETS`), by :func:`host_profile_mode`: ``calibrate`` runs
-    :func:`quick_calibration` (ort-cpu; about 15 s, once) and uses what it saves,
-    ``detect`` the profile :func:`~greencc.cost.host.host_profile` reads from the CPU,
-    ``off`` nothing (the shipped socket profile). A quick calibration that fails is logged
-    and the detected profile used.
+    :func:`quick_calibration` (ort-cpu) and uses what it saves, ``detect`` the profile
+    :func:`~greencc.cost.host.host_profile` reads from the CPU, ``off`` nothing (the
+    shipped socket profile). A quick calibration that fails, overruns its budget or ran on
+    a busy machine saves nothing and leaves the detected profile.
     """
     threads = target.options.get("threads")
     calibration = find_calibration(target.name, threads)
@@ -270,26 +272,48 @@ def machine_profile(target: Target) -> HardwareProfile | None:
         return None
     if mode == "calibrate" and target.name in QUICK_CALIBRATED_TARGETS:
         try:
-            return quick_calibration(target).profile
+            calibration = quick_calibration(target)
         except GreenccError as exc:
-            log.warning("greencc: the quick calibration of %s failed (%s); using the profile detected "
-                        "from the CPU", target.name, exc.message)
+            log.warning("greencc: the quick calibration of %s failed (%s)", target.name, exc.message)
+        if calibration is not None:
+            return calibration.profile
+        log.warning("greencc: pricing on the profile detected from the CPU (uncalibrated)")
     return host_profile(target.name, int(threads), HardwareProfile.named(type(target).profile_name))
 
 
+class _OverBudget(Exception):
+    """The quick calibration ran past its budget (raised from its progress callback)."""
+
+
 def quick_calibration(target: Target, *, benchmarks: Sequence[MicroBenchmark] | None = None,
-                      min_time_s: float = QUICK_MIN_TIME_S) -> Calibration:
+                      min_time_s: float = QUICK_MIN_TIME_S, budget_s: float = QUICK_BUDGET_S) -> Calibration | None:
     """Calibrate ``target`` on the quick suite (:func:`quick_benchmarks`, one round of
     ``min_time_s`` seconds each) and save it where :func:`find_calibration` finds it; the
-    record's ``fit`` says ``suite: quick`` and its wall time (s). ``greencc cost
-    calibrate`` later replaces it with a fit of the full suite."""
-    threads = target.options.get("threads")
-    log.warning("greencc: calibrating %s (%s threads) on this machine once, about 15 s "
-                "(saved for later runs; %s=detect skips it)", target.name, threads, HOST_PROFILE_ENV)
+    record's ``fit`` says ``suite: quick`` and its wall time (s). ``None``, with nothing
+    saved, when it runs past ``budget_s`` seconds or other work kept the machine busy
+    (its timings would be wrong for good). ``greencc cost calibrate`` later replaces it
+    with a fit of the full suite."""
+    log.warning("greencc: calibrating %s (%s threads) on this machine once, at most %.0f s "
+                "(saved for later runs; %s=detect skips it)", target.name, target.options.get("threads"),
+                budget_s, HOST_PROFILE_ENV)
     started = time.perf_counter()
-    calibration = calibrate(target, benchmarks=quick_benchmarks() if benchmarks is None else benchmarks,
-                            min_time_s=min_time_s, rounds=1)
+
+    def deadline(name: str, done: int, total: int) -> None:
+        if time.perf_counter() - started > budget_s:
+            raise _OverBudget(name)
+
+    try:
+        calibration = calibrate(target, benchmarks=quick_benchmarks() if benchmarks is None else benchmarks,
+                                min_time_s=min_time_s, rounds=1, progress=deadline)
+    except _OverBudget as stopped:
+        log.warning("greencc: the quick calibration ran past %.0f s (at %s): is the machine busy? "
+                    "Nothing saved", budget_s, stopped)
+        return None
     wall_s = time.perf_counter() - started
+    if calibration.fit["background_load"]["noisy"]:
+        log.warning("greencc: other work used %.1f core(s) during the quick calibration: nothing saved",
+                    calibration.fit["background_load"]["other_cores"] or 0.0)
+        return None
     calibration.fit["suite"] = "quick"
     calibration.fit["wall_s"] = wall_s
     profile = calibration.profile
@@ -300,4 +324,3 @@ def quick_calibration(target: Target, *, benchmarks: Sequence[MicroBenchmark] | 
     log.warning("greencc: calibrated %s in %.1f s (fit error median %.1f%%), saved as %s",
                 target.name, wall_s, calibration.fit["median_abs_pct"], path)
     return calibration
-

@@ -15,7 +15,6 @@ import pytest
 import greencc as gc
 from greencc import calibration as cal
 from greencc.calibration import calibrate, predict_latency, target_graph
-from greencc.calibration import run as calibration_run
 from greencc.cli import main
 from greencc.cost import kernel_model as km
 from greencc.cost.kernel_model import (
@@ -29,6 +28,7 @@ from greencc.cost.kernel_model import (
 )
 from greencc.cost.profile import HardwareProfile
 from greencc.errors import UsageError
+from greencc.execution import calibrate as calibration_run
 
 
 @pytest.fixture(autouse=True)
