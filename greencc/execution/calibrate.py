@@ -252,6 +252,11 @@ def host_profile_mode() -> str:
     return mode
 
 
+# Quick calibrations that gave up in this process, by (target, threads): not retried
+# before the next process, so a busy machine costs one budget per process, not per compile.
+_GAVE_UP: set[tuple[str, Any]] = set()
+
+
 def machine_profile(target: Target) -> HardwareProfile | None:
     """The profile ``target``, named without one, prices on here; ``None`` keeps its own.
 
@@ -261,7 +266,7 @@ def machine_profile(target: Target) -> HardwareProfile | None:
     :func:`quick_calibration` (ort-cpu) and uses what it saves, ``detect`` the profile
     :func:`~greencc.cost.host.host_profile` reads from the CPU, ``off`` nothing (the
     shipped socket profile). A quick calibration that fails, overruns its budget or ran on
-    a busy machine saves nothing and leaves the detected profile.
+    a busy machine saves nothing and leaves the detected profile for the rest of the process.
     """
     threads = target.options.get("threads")
     calibration = find_calibration(target.name, threads)
@@ -270,14 +275,15 @@ def machine_profile(target: Target) -> HardwareProfile | None:
     mode = host_profile_mode()
     if mode == "off" or target.name not in HOST_TARGETS or threads is None:
         return None
-    if mode == "calibrate" and target.name in QUICK_CALIBRATED_TARGETS:
+    if mode == "calibrate" and target.name in QUICK_CALIBRATED_TARGETS and (target.name, threads) not in _GAVE_UP:
         try:
             calibration = quick_calibration(target)
         except GreenccError as exc:
             log.warning("greencc: the quick calibration of %s failed (%s)", target.name, exc.message)
         if calibration is not None:
             return calibration.profile
-        log.warning("greencc: pricing on the profile detected from the CPU (uncalibrated)")
+        _GAVE_UP.add((target.name, threads))
+        log.warning("greencc: pricing on the profile detected from the CPU (uncalibrated) in this process")
     return host_profile(target.name, int(threads), HardwareProfile.named(type(target).profile_name))
 
 

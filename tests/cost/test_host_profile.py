@@ -45,6 +45,7 @@ def tiny_suite(monkeypatch: pytest.MonkeyPatch) -> list[str]:
                                 "min_time_s": 0.01, **kwargs})
 
     monkeypatch.setattr(cal, "quick_calibration", counted)
+    monkeypatch.setattr(cal, "_GAVE_UP", set())
     monkeypatch.setattr(cal.BackgroundLoad, "noisy", property(lambda self: False))
     return runs
 
@@ -139,3 +140,5 @@ def test_a_busy_machine_saves_nothing_and_prices_on_the_detected_profile(monkeyp
     assert tiny_suite == ["ort-cpu"]
     assert profile is not None and profile.name == "ort-cpu-1threads-detected"
     assert km.find_calibration("ort-cpu", 1) is None
+    cal.machine_profile(resolve_target("ort-cpu", threads=1))
+    assert tiny_suite == ["ort-cpu"]  # not retried in this process
