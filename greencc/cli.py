@@ -667,7 +667,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def _cost_calibrate(args: argparse.Namespace) -> int:
-    from greencc.calibration.run import calibrate
+    from greencc.calibration import calibrate
 
     if args.min_time is not None and args.min_time <= 0:
         raise UsageError(f"--min-time {args.min_time} must be positive")
