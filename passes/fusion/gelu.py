@@ -39,6 +39,24 @@ def _close(value: float | None, target: float) -> bool:
     return value is not None and math.isclose(value, target, rel_tol=1e-6)
 
 
+def _scalar(value: ir.Value | None) -> float | None:
+    """The number a scalar constant holds, also through a Sqrt of one (ONNX's expansion
+    of Gelu computes √2 and √(2/π) in the graph)."""
+    found = scalar_constant(value)
+    if found is not None:
+        return found
+    root = producer(value, "Sqrt")
+    inner = None if root is None else scalar_constant(root.inputs[0])
+    return None if inner is None or inner < 0 else math.sqrt(inner)
+
+
+def _is_sum(node: ir.Node | None) -> bool:
+    """Whether ``node`` adds two values: an Add, or a Sum of two inputs."""
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return False
+    return node.op_type == "Add" or (node.op_type == "Sum" and len(node.inputs) == 2)
+
+
 def _other(node: ir.Node, value: ir.Value) -> ir.Value | None:
     """The input of binary ``node`` that is not ``value`` (``None`` if neither/both)."""
     a, b = node.inputs[0], node.inputs[1]
@@ -62,8 +80,10 @@ class FuseGelu(FusionPass):
     """0.5·x·(1+erf(x/√2)) -> Gelu; 0.5·x·(1+tanh(√(2/π)(x+0.044715x³))) -> Gelu<tanh>.
 
     The product may be written in any association ((x·0.5)·(1+erf), x·((1+erf)·0.5)...),
-    x/√2 as Div or Mul by 1/√2, x³ as Pow(x, 3) or Mul(x, Mul(x, x)). Emits the opset-20
-    Gelu when the model's opset has it, else the target's com.microsoft Gelu / FastGelu.
+    x/√2 as Div or Mul by 1/√2, x³ as Pow(x, 3) or Mul(x, Mul(x, x)), a sum as Add or a
+    two-input Sum, √2 and √(2/π) as constants or Sqrt of one (ONNX's own expansion of
+    Gelu writes Sum and Sqrt(2)). Emits the opset-20 Gelu when the model's opset has it,
+    else the target's com.microsoft Gelu / FastGelu.
     """
 
     def match(self, node: ir.Node, run: FusionRun) -> GeluSite | None:
@@ -79,7 +99,7 @@ class FuseGelu(FusionPass):
             return None
         x, inner_nodes = found
         one_plus = single_reader(node.outputs[0])
-        if one_plus is None or one_plus.op_type != "Add":
+        if one_plus is None or not _is_sum(one_plus):
             return None
         if not _close(scalar_constant(_other(one_plus, node.outputs[0])), 1.0):
             return None
@@ -122,11 +142,11 @@ class FuseGelu(FusionPass):
         if node is None:
             return None
         if node.op_type == "Div":
-            if _close(scalar_constant(node.inputs[1]), SQRT2):
+            if _close(_scalar(node.inputs[1]), SQRT2):
                 return node.inputs[0], [node]
             return None
         for i in (0, 1):
-            if _close(scalar_constant(node.inputs[1 - i]), 1.0 / SQRT2):
+            if _close(_scalar(node.inputs[1 - i]), 1.0 / SQRT2):
                 return node.inputs[i], [node]
         return None
 
@@ -136,12 +156,12 @@ class FuseGelu(FusionPass):
         if scale is None:
             return None
         for i in (0, 1):
-            if _close(scalar_constant(scale.inputs[1 - i]), SQRT_2_OVER_PI):
-                inner = producer(scale.inputs[i], "Add")
+            if _close(_scalar(scale.inputs[1 - i]), SQRT_2_OVER_PI):
+                inner = producer(scale.inputs[i], "Add", "Sum")
                 break
         else:
             return None
-        if inner is None:
+        if not _is_sum(inner):
             return None
         for i in (0, 1):
             x = inner.inputs[i]

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from greencc.passes.lib.graph_edits import constant_array, constant_tensor
+from greencc.ir import topological_sort
+from greencc.passes.lib.graph_edits import constant_array, constant_tensor, is_onnx_op, redirect
 from greencc.passes.lib.matching import (
     CONTRIB_DOMAIN,
     MAX_CHECKED_ELEMENTS,
@@ -30,6 +31,7 @@ from greencc.passes.lib.matching import (
     only_consumer,
     other_readers,
     producer,
+    remove_unused,
     scalar_constant,
 )
 from greencc.passes.lib.rules import Match, Op, Rule, Var
@@ -55,6 +57,29 @@ def _trailing_axes(axes: list[int] | None, rank: int | None) -> int | None:
     return len(normal)
 
 
+def _static_dims(value: ir.Value, run: FusionRun) -> list[int] | None:
+    """``value``'s dims when every one is a number (symbolic dims are not bound here: a
+    constant shape must hold for every size the model accepts)."""
+    shape = run.shape(value)
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    return [int(d) for d in shape]
+
+
+@dataclass
+class Flattening:
+    """The 2-D view ONNX's expansion of LayerNormalization normalizes: ``Flatten(x, axis)``
+    of the original input ``x``, whose normalized dims are ``dims``; ``reshape`` turns the
+    result back into ``x``'s shape, unless it already has it (``restored`` either way)."""
+
+    x: ir.Value
+    axis: int
+    dims: list[int | ir.SymbolicDim]
+    flatten: ir.Node
+    reshape: ir.Node | None = None
+    restored: bool = False
+
+
 @dataclass
 class LayerNormSite:
     x: ir.Value
@@ -65,15 +90,25 @@ class LayerNormSite:
     epsilon: float
     scale: ir.Value | np.ndarray
     bias: ir.Value | np.ndarray | None
+    # Values the op's Mean / InvStdDev outputs replace, and the nodes computing them.
+    mean_outputs: list[ir.Value] = field(default_factory=list)
+    inv_std_outputs: list[ir.Value] = field(default_factory=list)
+    extra_nodes: list[ir.Node] = field(default_factory=list)
 
 
 @register_pass("fuse-layernorm")
 class FuseLayerNorm(FusionPass):
     """(x - ReduceMean(x)) / Sqrt(ReduceMean((x - μ)²) + ε) [· γ] [+ β] -> LayerNormalization.
 
-    Variants: the square as Pow(d, 2) or Mul(d, d); the division as Div or as Mul by
-    Reciprocal; the root as Sqrt or Pow(·, 0.5). Both means reduce the same trailing axes
-    with keepdims; ε, γ and β broadcast only along the normalized axes. Needs opset 17.
+    Variants: the square as Pow(d, 2) or Mul(d, d); the variance also as
+    ReduceMean(x²) - μ² (ONNX's own expansion writes it so); the division as Div or as Mul
+    by Reciprocal; the root as Sqrt or Pow(·, 0.5). Both means reduce the same trailing
+    axes with keepdims; ε, γ and β broadcast only along the normalized axes; γ and β may
+    be graph inputs of the normalized shape. ONNX's expansion, which normalizes
+    ``Flatten(x, axis)`` with ``Flatten(γ, 0)`` / ``Flatten(β, 0)`` and reshapes the result
+    back to x's shape, becomes ``LayerNormalization(x, γ, β, axis)``. A mean read elsewhere,
+    and a Reciprocal of the root, come from the op's Mean / InvStdDev outputs (float32 x
+    only: the op keeps them in float32). Needs opset 17.
     """
 
     def match(self, node: ir.Node, run: FusionRun) -> LayerNormSite | None:
@@ -86,17 +121,23 @@ class FuseLayerNorm(FusionPass):
         d = node.outputs[0]
         readers = [user for user, _ in d.uses()]
         square = next((u for u in readers if u.op_type in ("Pow", "Mul") and self._is_square(u, d)), None)
-        if square is None:
-            return None
-        variance = only_consumer(square.outputs[0])
-        if variance is None or variance.op_type != "ReduceMean":
-            run.decline(node, "the squared deviation does not feed one ReduceMean")
-            return None
-        add_eps = only_consumer(variance.outputs[0])
+        if square is not None:
+            variance = only_consumer(square.outputs[0])
+            if variance is None or variance.op_type != "ReduceMean":
+                run.decline(node, "the squared deviation does not feed one ReduceMean")
+                return None
+            moments = [square, variance]
+        else:
+            found = self._moment_variance(x, mean)
+            if found is None:
+                return None
+            moments, variance = found
+        add_eps = only_consumer(moments[-1].outputs[0])
         if add_eps is None or add_eps.op_type != "Add":
             run.decline(node, "the variance is not followed by Add(ε)")
             return None
-        epsilon = scalar_constant(add_eps.inputs[1] if add_eps.inputs[0] is variance.outputs[0] else add_eps.inputs[0])
+        sigma2 = moments[-1].outputs[0]
+        epsilon = scalar_constant(add_eps.inputs[1] if add_eps.inputs[0] is sigma2 else add_eps.inputs[0])
         if epsilon is None:
             run.decline(node, "ε is not a scalar constant")
             return None
@@ -106,7 +147,7 @@ class FuseLayerNorm(FusionPass):
         ):
             run.decline(node, "σ²+ε is not followed by Sqrt")
             return None
-        nodes = [mean, node, square, variance, add_eps, root]
+        nodes = [mean, node, *moments, add_eps, root]
         normalize = self._normalize(d, root, readers, nodes)
         if normalize is None:
             run.decline(node, "x-μ is not divided by √(σ²+ε)")
@@ -125,29 +166,35 @@ class FuseLayerNorm(FusionPass):
             run.decline(node, "a ReduceMean drops the reduced axes (keepdims=0)")
             return None
         nodes.append(normalize)
-        output = normalize.outputs[0]
-        scale: ir.Value | np.ndarray | None = None
-        bias: ir.Value | np.ndarray | None = None
-        intermediates = [mean.outputs[0], d, square.outputs[0], variance.outputs[0], add_eps.outputs[0], root.outputs[0]]
+        intermediates = [mean.outputs[0], d, *(n.outputs[0] for n in moments), add_eps.outputs[0], root.outputs[0]]
         if normalize.op_type == "Mul":
             intermediates.append(normalize.inputs[1] if normalize.inputs[0] is d else normalize.inputs[0])
-        for op, role in (("Mul", "scale"), ("Add", "bias")):
-            follower = only_consumer(output)
-            if follower is None or follower.op_type != op or follower.domain not in ("", "ai.onnx"):
-                break
-            other = follower.inputs[1] if follower.inputs[0] is output else follower.inputs[0]
-            operand = self._affine_operand(other, x, count, run)
-            if operand is None:
-                break
-            if role == "scale":
-                scale = operand
-            else:
-                bias = operand
-            intermediates.append(output)
-            nodes.append(follower)
-            output = follower.outputs[0]
+        flat = self._flattening(x, count, run)
+        affine = self._affine(normalize.outputs[0], x, count, flat, run)
+        if flat is not None and not flat.restored:
+            flat = None  # normalized in 2-D and kept so: the op normalizes the 2-D value
+            affine = self._affine(normalize.outputs[0], x, count, None, run)
+        scale, bias, affine_nodes, affine_values, output = affine
+        nodes.extend(affine_nodes)
+        intermediates.extend(affine_values)
+        site = LayerNormSite(x, nodes, intermediates, output, -count, epsilon, scale, None)
+        if flat is not None:
+            nodes.insert(len(nodes) - 1, flat.flatten)
+            intermediates.append(x)
+            site.x, site.axis = flat.x, flat.axis
+            if flat.reshape is not None:
+                nodes.append(flat.reshape)
+                intermediates.append(output)
+                site.output = flat.reshape.outputs[0]
+        why = self._extra_outputs(site, mean, root, flat, run)
+        if why:
+            run.decline(node, why)
+            return None
+        allowed = nodes + site.extra_nodes
+        if mean.outputs[0] in site.mean_outputs:
+            intermediates.remove(mean.outputs[0])  # still written: as the op's Mean output
         for inner in intermediates:
-            why = other_readers(inner, nodes)
+            why = other_readers(inner, allowed)
             if why:
                 run.decline(node, f"an intermediate cannot be removed: {why}")
                 return None
@@ -155,17 +202,33 @@ class FuseLayerNorm(FusionPass):
             run.decline(node, f"LayerNormalization needs opset 17; the model imports opset {run.onnx_opset()}")
             return None
         if scale is None:
-            scale = self._ones(x, count, run)
+            scale = self._ones(site.x, -site.axis, run)
             if scale is None:
                 run.decline(node, "the normalized axes have no static size (needed for γ = 1)")
                 return None
-        return LayerNormSite(x, nodes, intermediates, output, -count, epsilon, scale, bias)
+        site.scale, site.bias = scale, bias
+        return site
 
     @staticmethod
     def _is_square(node: ir.Node, d: ir.Value) -> bool:
         if node.op_type == "Pow":
             return node.inputs[0] is d and scalar_constant(node.inputs[1]) == 2.0
         return node.inputs[0] is d and node.inputs[1] is d
+
+    def _moment_variance(self, x: ir.Value, mean: ir.Node) -> tuple[list[ir.Node], ir.Node] | None:
+        """The nodes of σ² = ReduceMean(x²) - μ² (last the Sub) and that ReduceMean, else ``None``."""
+        mu = mean.outputs[0]
+        for user, _ in mu.uses():
+            if user.op_type not in ("Pow", "Mul") or not is_onnx_op(user) or not self._is_square(user, mu):
+                continue
+            sub = only_consumer(user.outputs[0])
+            if sub is None or sub.op_type != "Sub" or not is_onnx_op(sub) or sub.inputs[1] is not user.outputs[0]:
+                continue
+            second = producer(sub.inputs[0], "ReduceMean")
+            squared = None if second is None else producer(second.inputs[0], "Pow", "Mul")
+            if squared is not None and self._is_square(squared, x):
+                return [squared, second, user, sub], second
+        return None
 
     @staticmethod
     def _normalize(d: ir.Value, root: ir.Node, readers: list[ir.Node], nodes: list[ir.Node]) -> ir.Node | None:
@@ -179,6 +242,84 @@ class FuseLayerNorm(FusionPass):
                 if user.op_type == "Mul" and reciprocal.outputs[0] in user.inputs:
                     nodes.append(reciprocal)
                     return user
+        return None
+
+    @staticmethod
+    def _flattening(x: ir.Value, count: int, run: FusionRun) -> Flattening | None:
+        """The Flatten ``x`` comes from, when the normalization covers its second axis."""
+        flatten = producer(x, "Flatten")
+        if flatten is None or count != 1 or run.rank(x) != 2:
+            return None
+        source = flatten.inputs[0]
+        shape = run.shape(source)
+        if shape is None:
+            return None
+        axis = int_attr(flatten, "axis", 1)
+        axis = axis + len(shape) if axis < 0 else axis
+        return Flattening(source, axis - len(shape), list(shape)[axis:], flatten)
+
+    def _affine(
+        self, output: ir.Value, x: ir.Value, count: int, flat: Flattening | None, run: FusionRun
+    ) -> tuple[ir.Value | np.ndarray | None, ir.Value | np.ndarray | None, list[ir.Node], list[ir.Value], ir.Value]:
+        """γ, β, the Mul / Add nodes applying them (with the Flattens of γ and β), the values
+        they replace, and the output; with ``flat``, its ``reshape`` is set when the output
+        is reshaped back to the flattened input's shape."""
+        operands: dict[str, ir.Value | np.ndarray | None] = {"scale": None, "bias": None}
+        nodes: list[ir.Node] = []
+        values: list[ir.Value] = []
+        for op, role in (("Mul", "scale"), ("Add", "bias")):
+            follower = only_consumer(output)
+            if follower is None or follower.op_type != op or follower.domain not in ("", "ai.onnx"):
+                break
+            other = follower.inputs[1] if follower.inputs[0] is output else follower.inputs[0]
+            operand = self._affine_operand(other, x, count, run) if flat is None else self._flat_operand(other, flat, run)
+            if operand is None:
+                break
+            operands[role] = operand
+            flatten = producer(other, "Flatten")
+            if flat is not None and flatten is not None and operand is flatten.inputs[0]:
+                nodes.append(flatten)
+                values.append(other)
+            values.append(output)
+            nodes.append(follower)
+            output = follower.outputs[0]
+        if flat is not None:
+            reshape = only_consumer(output)
+            if reshape is not None and reshape.op_type == "Reshape" and is_onnx_op(reshape) and self._restores(reshape, flat, run):
+                flat.reshape, flat.restored = reshape, True
+            else:
+                dims = _static_dims(flat.x, run)
+                flat.restored = dims is not None and _static_dims(output, run) == dims
+        return operands["scale"], operands["bias"], nodes, values, output
+
+    @staticmethod
+    def _restores(reshape: ir.Node, flat: Flattening, run: FusionRun) -> bool:
+        """Whether ``reshape`` gives back the shape of the flattened input."""
+        target = reshape.inputs[1]
+        shape_of = producer(target, "Shape")
+        if shape_of is not None:
+            return shape_of.inputs[0] is flat.x and not shape_of.attributes
+        dims = _static_dims(flat.x, run)
+        array = constant_array(target, max_elements=16)
+        return dims is not None and array is not None and [int(v) for v in np.asarray(array).reshape(-1)] == dims
+
+    @staticmethod
+    def _flat_operand(value: ir.Value, flat: Flattening, run: FusionRun) -> ir.Value | np.ndarray | None:
+        """γ or β of a flattened normalization as the normalized shape of the original input:
+        the input of ``Flatten(w, 0)`` when ``w`` has that shape, or a constant of one value
+        per normalized element (or one value) reshaped to it."""
+        flatten = producer(value, "Flatten")
+        if flatten is not None and int_attr(flatten, "axis", 1) == 0:
+            shape = run.shape(flatten.inputs[0])
+            return flatten.inputs[0] if shape is not None and list(shape) == flat.dims else None
+        array = constant_array(value, max_elements=MAX_CHECKED_ELEMENTS)
+        if array is None or not all(isinstance(d, int) for d in flat.dims):
+            return None
+        size = int(np.prod(flat.dims, dtype=np.int64))
+        if array.size == 1:
+            return np.full(flat.dims, array.reshape(-1)[0], dtype=array.dtype)
+        if array.size == size and array.shape[-1] == size:
+            return array.reshape(flat.dims)
         return None
 
     @staticmethod
@@ -211,6 +352,42 @@ class FuseLayerNorm(FusionPass):
         return None
 
     @staticmethod
+    def _extra_outputs(site: LayerNormSite, mean: ir.Node, root: ir.Node, flat: Flattening | None, run: FusionRun) -> str:
+        """Route a mean read outside the site, and a Reciprocal of the root, to the op's Mean
+        and InvStdDev outputs; with ``flat``, through Reshapes to the op's reduced shape.
+        Returns why they cannot be, or ``""``."""
+        inside = set(site.nodes)
+        dims = _static_dims(site.x, run) if flat is not None else None
+        reduced = None if dims is None else dims[: len(dims) - len(flat.dims)] + [1] * len(flat.dims)
+        readers: list[tuple[list[ir.Value], ir.Value, ir.Node | None]] = [
+            (site.mean_outputs, mean.outputs[0], None)
+        ]
+        for user, _ in root.outputs[0].uses():
+            if user not in inside and user.op_type == "Reciprocal" and is_onnx_op(user):
+                readers.append((site.inv_std_outputs, user.outputs[0], user))
+        for outputs, value, node in readers:
+            outside = [user for user, _ in value.uses() if user not in inside]
+            if node is None and not outside and not value.is_graph_output():
+                continue
+            if run.dtype(site.x) != ir.DataType.FLOAT:
+                return (f"'{value.name}' is read elsewhere, and LayerNormalization's Mean / InvStdDev "
+                        "outputs are float32 but the input is not")
+            if node is not None:
+                site.extra_nodes.append(node)
+            if flat is None or (reduced is not None and _static_dims(value, run) == reduced):
+                outputs.append(value)  # already the op's reduced shape
+                continue
+            if value.is_graph_output():
+                return f"'{value.name}' is a graph output of the flattened normalization"
+            for user in outside:
+                target = constant_array(user.inputs[1], max_elements=16) if user.op_type == "Reshape" else None
+                if target is None or reduced is None or [int(v) for v in np.asarray(target).reshape(-1)] != reduced:
+                    return f"'{value.name}' is read by {label(user)}, not reshaped to the op's reduced shape"
+                site.extra_nodes.append(user)
+                outputs.append(user.outputs[0])
+        return ""
+
+    @staticmethod
     def _ones(x: ir.Value, count: int, run: FusionRun) -> np.ndarray | None:
         shape = run.shape(x)
         dtype = run.dtype(x)
@@ -231,11 +408,22 @@ class FuseLayerNorm(FusionPass):
                 dtype = run.dtype(site.x)
                 operand = run.initializer(graph, f"layernorm_{role}", operand.astype(dtype.numpy() if dtype else operand.dtype))
             operands.append(operand)
+        extras = [(1, site.mean_outputs), (2, site.inv_std_outputs)]
+        named = ["layernorm_out", "layernorm_mean", "layernorm_inv_std_dev"]
         layernorm = run.new_node(
             "LayerNormalization", operands, {"axis": site.axis, "epsilon": site.epsilon},
-            anchor=site.nodes[1],
+            anchor=site.nodes[1], output_names=named if site.mean_outputs or site.inv_std_outputs else named[:1],
         )
-        run.replace(site.output, layernorm, layernorm.outputs[0], site.nodes, before=site.nodes[-1])
+        matched = [*site.nodes, *site.extra_nodes]
+        run.replace(site.output, layernorm, layernorm.outputs[0], matched, before=site.nodes[-1])
+        if site.mean_outputs or site.inv_std_outputs or site.extra_nodes:
+            for index, olds in extras:
+                for old in olds:
+                    new = layernorm.outputs[index]
+                    new.type, new.shape = new.type or old.type, new.shape or old.shape
+                    redirect(graph, old, new, before=layernorm, replaced=matched)
+            remove_unused(matched)
+            topological_sort(graph)  # readers of the mean may precede the fused op
 
 
 # ------------------------------------------------------------------------ fuse-skip-layernorm

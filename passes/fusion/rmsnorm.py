@@ -34,12 +34,16 @@ SIMPLIFIED_LAYERNORM = "ai.onnx::SimplifiedLayerNormalization"
 RMS_NORMALIZATION_OPSET = 23
 
 
-def _inverse_rms(x: Var) -> Op:
-    """1/√(mean(x²)+ε) as exporters write it: Reciprocal(Sqrt), Div(1, Sqrt) or Pow(−0.5),
-    with the square as Pow(x, 2) or Mul(x, x)."""
+def _mean_square_eps(x: Var) -> Op:
+    """mean(x²)+ε, the square as Pow(x, 2) or Mul(x, x)."""
     square = Either(Op("Pow", x, Var("two", const=True), name="square"), Op("Mul", x, x, name="square"))
-    variance = Op("Add", Op("ReduceMean", square, Optional(Var("axes", const=True)), name="mean"),
-                  Var("eps", const=True), commute=True, name="var_eps")
+    return Op("Add", Op("ReduceMean", square, Optional(Var("axes", const=True)), name="mean"),
+              Var("eps", const=True), commute=True, name="var_eps")
+
+
+def _inverse_rms(x: Var) -> Op:
+    """1/√(mean(x²)+ε) as exporters write it: Reciprocal(Sqrt), Div(1, Sqrt) or Pow(−0.5)."""
+    variance = _mean_square_eps(x)
     root = Op("Sqrt", variance, name="sqrt")
     return Either(
         Op("Reciprocal", root, name="inverse"),
@@ -48,31 +52,69 @@ def _inverse_rms(x: Var) -> Op:
     )
 
 
+def _normalized(x: Var) -> Op:
+    """x·(1/√(mean(x²)+ε)), or x/√(mean(x²)+ε) as ONNX's expansion of RMSNormalization
+    writes it; which operation meets which operand is left to the check."""
+    return Op(("Mul", "Div"), x, Either(_inverse_rms(x), Op("Sqrt", _mean_square_eps(x), name="sqrt")),
+              commute=True, name="normed")
+
+
+def _operation_problem(m: Match) -> str:
+    """Why the root does not multiply x by the inverse root or divide x by the root."""
+    root, inverted = m.root, "inverse" in m.named_nodes
+    if root.op_type == "Mul" and not inverted:
+        return f"{label(root)} multiplies x by the root mean square instead of dividing by it"
+    if root.op_type == "Div" and (inverted or root.inputs[0] is not m["x"]):
+        return f"{label(root)} does not divide x by the root mean square"
+    return ""
+
+
 def _exponent_problem(m: Match) -> str:
     """Why the constants of the square and the inverse root are not 2, 1 and −0.5."""
     if m.node("square").op_type == "Pow" and scalar_constant(m["two"]) != 2.0:
         return f"the square {label(m.node('square'))} raises to {scalar_constant(m['two'])}, not 2"
-    inverse = m.node("inverse")
-    if inverse.op_type == "Div" and scalar_constant(m["one"]) != 1.0:
+    inverse = m.named_nodes.get("inverse")
+    if inverse is not None and inverse.op_type == "Div" and scalar_constant(m["one"]) != 1.0:
         return f"{label(inverse)} divides {scalar_constant(m['one'])}, not 1, by the root"
-    if inverse.op_type == "Pow" and scalar_constant(m["minus_half"]) != -0.5:
+    if inverse is not None and inverse.op_type == "Pow" and scalar_constant(m["minus_half"]) != -0.5:
         return f"{label(inverse)} raises to {scalar_constant(m['minus_half'])}, not -0.5"
     return ""
 
 
-def _hidden_size(run: FusionRun, x: ir.Value) -> int | None:
-    shape = run.shape(x)
-    return shape[-1] if shape is not None and len(shape) and isinstance(shape[-1], int) else None
-
-
-def _reduces_last_axis(mean: ir.Node, m: Match, rank: int | None) -> bool:
+def _normalized_count(mean: ir.Node, m: Match, rank: int | None) -> int | None:
+    """How many trailing axes the mean reduces with keepdims (``k`` for [-k..-1]), or ``None``."""
     axes = ints_attr(mean, "axes")
     if axes is None and m["axes"] is not None:
         array = constant_array(m["axes"])
         axes = None if array is None else [int(a) for a in np.asarray(array).reshape(-1)]
-    if axes is None or len(axes) != 1 or int_attr(mean, "keepdims", 1) != 1:
-        return False
-    return axes[0] == -1 or (rank is not None and axes[0] == rank - 1)
+    if not axes or int_attr(mean, "keepdims", 1) != 1:
+        return None
+    if axes == [-1]:
+        return 1
+    if rank is None:
+        return None
+    normal = sorted(a + rank if a < 0 else a for a in axes)
+    return len(normal) if normal == list(range(rank - len(normal), rank)) else None
+
+
+def _scale_of(value: ir.Value, dims: list[int | ir.SymbolicDim] | None, run: FusionRun) -> np.ndarray | ir.Value | None:
+    """γ as the op's scale over the normalized ``dims``: a constant broadcast along them
+    only (reshaped to them), or a value of exactly that shape; else ``None``."""
+    if dims is None:
+        return None
+    count = len(dims)
+    gamma = constant_array(value)
+    if gamma is None:
+        shape = run.shape(value)
+        return value if shape is not None and list(shape) == dims else None
+    if gamma.ndim > count and any(s != 1 for s in gamma.shape[: gamma.ndim - count]):
+        return None
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    try:
+        return np.broadcast_to(gamma.reshape(gamma.shape[max(0, gamma.ndim - count):]), tuple(dims)).copy()
+    except ValueError:
+        return None
 
 
 @register_pass("fuse-rmsnorm")
@@ -82,33 +124,40 @@ class FuseRmsNorm(Rule):
     The forms of the dynamo exports of Llama, Mistral, Qwen2 and Gemma (Gemma's (1 + w)
     is folded into one constant γ by cleanup), and ONNX's own expansion of RMSNormalization:
     the square as Pow(x, 2) or Mul(x, x), the inverse root as Reciprocal(Sqrt), Div(1, Sqrt)
-    or Pow(·, −0.5). x may be a Cast to float32 (the statistics are then taken in float32,
-    as the model does); a Cast of the normalized value before the γ product is kept after
-    the fused op. Without a γ product the scale is ones. Declines when the mean is not
-    over the last axis, ε is not a scalar, an intermediate is read elsewhere, or the target
-    does not run the op.
+    or Pow(·, −0.5), or x divided by the root. The mean may cover several trailing axes
+    (the op's ``axis``). x may be a Cast to float32 (the statistics are then taken in
+    float32, as the model does); a Cast of the normalized value before the γ product is
+    kept after the fused op. γ is a constant broadcast along the normalized axes, or a
+    value of their shape (a graph input: the op takes it as its scale input); without a
+    γ product the scale is ones. Declines when the mean is not over trailing axes, ε is
+    not a scalar, an intermediate is read elsewhere, or the target does not run the op.
     """
 
-    pattern = Op("Mul", Var("x", const=False), _inverse_rms(Var("x")), commute=True, name="normed")
+    pattern = _normalized(Var("x", const=False))
 
     def check(self, m: Match, run: FusionRun) -> str:
-        why = _exponent_problem(m)
+        why = _operation_problem(m) or _exponent_problem(m)
         if why:
             return why
         rank = run.rank(m["x"])
-        if not _reduces_last_axis(m.node("mean"), m, rank):
-            return f"{label(m.node('mean'))} does not average over the last axis only (keeping it)"
+        count = _normalized_count(m.node("mean"), m, rank)
+        if count is None:
+            return (f"{label(m.node('mean'))} does not average over the last axis only (keeping it) "
+                    "nor over trailing axes")
         eps = scalar_constant(m["eps"])
         if eps is None or eps < 0:
             return f"the epsilon '{m['eps'].name}' is not a non-negative scalar"
         for name in ("square", "mean", "var_eps", "sqrt", "inverse"):
-            if name == "sqrt" and m.node("inverse").op_type == "Pow":
+            if name not in m.named_nodes:
                 continue
             allowed = [n for n in m.nodes if n is not m.named_nodes[name]]
             why = other_readers(m[name], allowed)
             if why:
                 return why
-        m["epsilon"] = eps
+        m["epsilon"], m["axis"] = eps, -count
+        shape = run.shape(m["x"])
+        dims = None if shape is None else list(shape)[-count:]
+        m["dims"] = dims
         m["gamma"], m["gamma_mul"], m["cast_out"] = None, None, None
         tail = m.output
         cast = single_reader(tail)
@@ -117,15 +166,12 @@ class FuseRmsNorm(Rule):
         weight_mul = single_reader(tail)
         if weight_mul is not None and weight_mul.op_type == "Mul" and not tail.is_graph_output():
             other = weight_mul.inputs[1] if weight_mul.inputs[0] is tail else weight_mul.inputs[0]
-            gamma = constant_array(other)
-            hidden = _hidden_size(run, m["x"])
-            if gamma is not None and hidden and gamma.size == hidden and gamma.shape[-1:] == (hidden,):
-                m["gamma"], m["gamma_mul"] = gamma.reshape(-1), weight_mul
+            gamma = _scale_of(other, dims, run)
+            if gamma is not None:
+                m["gamma"], m["gamma_mul"] = gamma, weight_mul
                 m["cast_out"] = cast if tail is not m.output else None
-        if m["gamma"] is None:
-            m["hidden"] = _hidden_size(run, m["x"])
-            if m["hidden"] is None:
-                return f"the hidden size of '{m['x'].name}' is unknown, so no unit scale can be made"
+        if m["gamma"] is None and (dims is None or not all(isinstance(d, int) for d in dims)):
+            return f"the hidden size of '{m['x'].name}' is unknown, so no unit scale can be made"
         if run.onnx_opset() >= RMS_NORMALIZATION_OPSET:
             return ""
         return run.unsupported_reason(SIMPLIFIED_LAYERNORM)
@@ -135,13 +181,14 @@ class FuseRmsNorm(Rule):
         graph = m.root.graph
         assert graph is not None
         last = gamma_mul if gamma_mul is not None else m.root
-        run.fused_away([m[name] for name in ("square", "mean", "var_eps", "inverse")] + [m.output])
+        inverse = "inverse" if "inverse" in m.named_nodes else "sqrt"
+        run.fused_away([m[name] for name in ("square", "mean", "var_eps", inverse)] + [m.output])
         dtype = (run.dtype(x) or ir.DataType.FLOAT).numpy()
-        gamma = m["gamma"] if m["gamma"] is not None else np.ones(m["hidden"])
-        scale = run.initializer(graph, "rms_gamma", np.asarray(gamma, dtype=dtype))
+        gamma = m["gamma"] if m["gamma"] is not None else np.ones(m["dims"])
+        scale = gamma if isinstance(gamma, ir.Value) else run.initializer(graph, "rms_gamma", np.asarray(gamma, dtype=dtype))
         standard = run.onnx_opset() >= RMS_NORMALIZATION_OPSET
         fused = run.new_node("RMSNormalization" if standard else "SimplifiedLayerNormalization", [x, scale],
-                             {"epsilon": float(m["epsilon"]), "axis": -1}, anchor=m.root,
+                             {"epsilon": float(m["epsilon"]), "axis": int(m["axis"])}, anchor=m.root,
                              output_names=["rmsnorm_out"])
         extra: list[ir.Node] = []
         result = fused.outputs[0]
