@@ -49,6 +49,9 @@ GREENCC = {
     "greencc int4 weight-only (RTN)": ("cleanup,fuse,dce,quantize-weights{bits=4,block=32,accuracy_level=4}", None),
     "greencc int4 weight-only (GPTQ)":
         ("cleanup,fuse,dce,quantize-weights{bits=4,block=32,accuracy_level=4,method=gptq}", None),
+    # Fewer scale bytes per weight (4 per 128 instead of per 32): ~13% less to read per token.
+    "greencc int4 weight-only (GPTQ, block 128)":
+        ("cleanup,fuse,dce,quantize-weights{bits=4,block=128,accuracy_level=4,method=gptq}", None),
     "greencc green (ppl=1.02)": ("green", "ppl=1.02"),
 }
 PROMPT_BYTES = 64
@@ -236,7 +239,7 @@ def build_all(directory: Path, workdir: Path, calibration: list[dict[str, np.nda
     for name, (pipeline, budget) in GREENCC.items():
         if only not in name:
             continue
-        out = workdir / name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
+        out = workdir / name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "").replace(",", "")
         try:
             built[name] = _reused(out) or _remember(out, _build_greencc(directory, out, pipeline, budget, calibration,
                                                                         threads, exported))
