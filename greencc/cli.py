@@ -12,11 +12,14 @@ import io
 import json
 import logging
 import os
+import re
 import sys
+import textwrap
 import unicodedata
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
+from inspect import getdoc
 from typing import Any, TextIO
 
 from greencc.errors import EXIT_CODES, GreenccError, SystemResourceError, UsageError
@@ -143,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of each energy window with --measure (default 1.0; shorter reads noisier)")
     carbon_options(c)
     c.add_argument("--print-ir-after", metavar="NAME|all|change", help="print the graph after these passes")
+    c.add_argument("--dump-ir", metavar="DIR",
+                   help="write the input model and the model after each pass as ONNX files in DIR "
+                   "(00-input.onnx, 01-cleanup.onnx, ...), e.g. to open in Netron")
+    c.add_argument("--profile", metavar="NAME|FILE.json",
+                   help="hardware profile that prices the model: a built-in name (see `greencc targets`) or a "
+                   "JSON file in the format of targets/profiles/*.json (docs/cost-model.md)")
     c.add_argument("--explain", metavar="PASS", action="append", default=[],
                    help="list each site PASS declined, with the node and the reason")
     c.add_argument("--repro-dir", metavar="DIR", default=None,
@@ -157,13 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: greencc inspect minilm.onnx -t x86-avx512 --dim seq=128")
     i.add_argument("model", help="an ONNX file or a Hugging Face model directory")
     i.add_argument("-t", "--target", default="ort-cpu", help="target or tag whose profile prices the model")
-    i.add_argument("--profile", help="hardware profile name (overrides the target's)")
+    i.add_argument("--profile", metavar="NAME|FILE.json",
+                   help="hardware profile: a built-in name or a JSON file (overrides the target's)")
     i.add_argument("--top", type=int, default=10, help="show the N costliest nodes")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     dims_option(i)
     plugin_option(i)
 
-    p = sub.add_parser("passes", help="list the registered passes (the pass catalogue)")
+    p = sub.add_parser("passes", help="list the registered passes (the pass catalogue); NAME: one pass in full",
+                       epilog="example: greencc passes quantize-int8")
+    p.add_argument("name", nargs="?", metavar="NAME",
+                   help="a pass (or pipeline item, e.g. 'quantize-int8{fallback=sensitivity}'): its docstring "
+                   "and each option's type, default and description")
     p.add_argument("--json", action="store_true")
     plugin_option(p)
 
@@ -177,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=50)
     b.add_argument("--warmup", type=int, default=10)
     b.add_argument("--seed", type=_seed_arg, default=0)
+    b.add_argument("--threads", type=_threads_arg,
+                   help="intra-op threads to run with (default: the threads the artifact was compiled with)")
     b.add_argument("--json", action="store_true")
     b.add_argument("--energy", action="store_true",
                    help="also measure energy per inference (RAPL/NVML where readable, else a labelled estimate)")
@@ -332,7 +348,7 @@ def _out(text: str) -> None:
 def cmd_compile(args: argparse.Namespace) -> int:
     """``greencc compile``."""
     from greencc.driver import compile as compile_model
-    from greencc.pipeline.instruments import PrintIRInstrument
+    from greencc.pipeline.instruments import DumpIRInstrument, PrintIRInstrument
     from greencc.pipeline.progress import TerminalProgress
 
     output = os.path.abspath(args.output)
@@ -351,8 +367,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.report_json and os.path.realpath(args.report_json) in {os.path.realpath(p) for p in inputs if p}:
         raise UsageError(f"--report-json {args.report_json} is an input of this compile",
                          hint="give a new file name, e.g. --report-json report.json")
-    instruments = ([PrintIRInstrument(args.print_ir_after, stream=_PrintableStream(sys.stderr))]
-                   if args.print_ir_after else [])
+    instruments: list[Any] = ([PrintIRInstrument(args.print_ir_after, stream=_PrintableStream(sys.stderr))]
+                              if args.print_ir_after else [])
+    if args.dump_ir:
+        instruments.append(DumpIRInstrument(args.dump_ir))
     with TerminalProgress(enabled=not args.quiet and sys.stderr.isatty()) as progress:
         compiled = compile_model(
             config=config,
@@ -399,13 +417,26 @@ def _compile_config(args: argparse.Namespace) -> Any:
         changes.update(calibration=os.path.abspath(args.calib), calibration_sha256=None)
     if args.no_verify:
         changes["verify"] = False
-    if args.target_option:
+    if args.target_option or args.profile:
         changes["target_options"] = {**recipe.target_options, **_parse_target_options(args.target_option)}
+    if args.profile:
+        changes["target_options"]["profile"] = _profile_entry(args.profile)
     if args.dim:
         changes["dims"] = {**recipe.dims, **_parse_dims(args.dim)}
     if args.plugin:
         changes["plugins"] = (*recipe.plugins, *(_plugin_entry(p) for p in args.plugin))
     return dataclasses.replace(recipe, **changes)
+
+
+def _profile_entry(profile: str) -> str:
+    """A ``--profile`` value as a config records it: a JSON file by absolute path (checked
+    now, so a bad file fails before any work), a built-in profile by name."""
+    if not profile.endswith(".json"):
+        return profile
+    from greencc.cost.profile import HardwareProfile
+
+    HardwareProfile.from_json(profile)
+    return os.path.abspath(profile)
 
 
 def _plugin_entry(plugin: str) -> str:
@@ -456,17 +487,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_passes(args: argparse.Namespace) -> int:
     """``greencc passes``."""
-    from greencc.pipeline.base import pass_summary, registered_passes
+    from greencc.pipeline.base import get_pass_class, pass_summary, registered_passes
     from greencc.pipeline.text import PRESETS
 
     passes = registered_passes()
+    if args.name:
+        name = args.name.split("{", 1)[0].strip()
+        passes = {name: get_pass_class(name)}
     if args.json:
         _out(json.dumps({
             name: {
                 "summary": pass_summary(cls), "lossy": cls.lossy,
-                "options": {k: {"type": s.describe_type(), "default": s.default} for k, s in cls.option_specs.items()},
+                "options": {k: {"type": s.describe_type(), "default": s.default,
+                                "description": option_description(cls, k)} for k, s in cls.option_specs.items()},
             } for name, cls in passes.items()
         }, indent=2, default=str))
+        return 0
+    if args.name:
+        _out(_describe_pass(name, passes[name]))
         return 0
     for name, cls in passes.items():
         options = ", ".join(f"{k}={s.default}" for k, s in cls.option_specs.items())
@@ -474,6 +512,35 @@ def cmd_passes(args: argparse.Namespace) -> int:
         _out(f"{name:<18} {kind:<6} {pass_summary(cls)}" + (f"  {{{options}}}" if options else ""))
     _out("\npresets: " + "; ".join(f"{k} = {v or '(no passes)'}" for k, v in PRESETS.items()))
     return 0
+
+
+def option_description(cls: type, option: str) -> str:
+    """What a pass's docstring says about ``option``: the sentences that name it as
+    ``option`` or ``option=...`` (a pass documents its options in its docstring)."""
+    paragraphs = (getdoc(cls) or "").split("\n\n")
+    prose = " ".join(" ".join(p.split()) for p in paragraphs if "->" not in p)
+    sentences = re.split(r"(?<=[.;])\s+(?=[A-Z`(])", prose)
+    mentions = [s for s in sentences if f"``{option}``" in s or f"``{option}=" in s]
+    if not mentions:  # named only in the rewrite listing, e.g. "Rewrites (mode=dynamic, ...):"
+        lines = (getdoc(cls) or "").splitlines()
+        mentions = [line.strip() for line in lines if re.search(rf"\b{re.escape(option)}=|``{re.escape(option)}``", line)]
+    return " ".join(mentions[:2]) or "(the pass's docstring does not describe it)"
+
+
+def _describe_pass(name: str, cls: type) -> str:
+    """``greencc passes NAME``: the docstring, then each option's type, default and description."""
+    kind = "lossy: verified against the fidelity budget" if cls.lossy else "exact: verified within float tolerance"
+    lines = [f"{name} ({kind})", "", getdoc(cls) or "(no docstring)", ""]
+    if not cls.option_specs:
+        lines.append("options: none")
+    else:
+        lines.append("options (pipeline text: name{option=value,...}):")
+        for option, spec in cls.option_specs.items():
+            lines.append(f"  {option}: {spec.describe_type()} = {spec.default!r}")
+            lines += textwrap.wrap(option_description(cls, option), 96, initial_indent="      ",
+                                   subsequent_indent="      ")
+    lines.append("  steps: int = 1  (every pass: repeat up to N times while it changes the model)")
+    return "\n".join(lines)
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
@@ -517,6 +584,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                          hint="add --energy")
     factors = CarbonFactors.of(args.grid_intensity, args.pue)
     compiled = CompiledModel.load(args.artifact)
+    if args.threads is not None:
+        compiled = compiled.with_options(threads=args.threads)
     if args.generate:
         if args.energy:
             raise UsageError("--energy measures one inference; --generate times generation",

@@ -441,8 +441,8 @@ class EnergyMeasurement:
 
     def __str__(self) -> str:
         return (
-            f"{self.j_per_inference * 1e3:.3f} mJ/inference ({self.active_j_per_inference * 1e3:.3f} "
-            f"above idle {self.idle_power_w:.2f} W) over {self.window_s:.2f} s, "
+            f"{self.j_per_inference * 1e3:.3f} mJ/inference ({self.active_j_per_inference * 1e3:.3f} mJ "
+            f"above an idle draw of {self.idle_power_w:.2f} W) over {self.window_s:.2f} s, "
             f"{self.inferences} inferences — {self.label}"
         )
 

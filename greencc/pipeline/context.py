@@ -16,7 +16,7 @@ from greencc.errors import UsageError
 from greencc.execution import Executor, VerificationReference
 from greencc.ir.traversal import node_label
 from greencc.pipeline.progress import ProgressCallback, ProgressReporter
-from greencc.target import resolve_target
+from greencc.target import Target, resolve_target
 from greencc.verify.fidelity import FidelityBudget
 
 if TYPE_CHECKING:
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from greencc.cost.profile import HardwareProfile
     from greencc.model import Model
     from greencc.pipeline.instruments import Instrument
-    from greencc.target import Target
     from greencc.verify.fidelity import FidelityBudget
 
 _CURRENT: contextvars.ContextVar[PassContext | None] = contextvars.ContextVar(
@@ -149,7 +148,7 @@ def _resolve_profile(profile: Any, target: Any) -> Any:
     if isinstance(profile, HardwareProfile):
         return profile
     if isinstance(profile, str):
-        return HardwareProfile.named(profile)
+        return Target.profile_by_name(profile)
     if target is not None:
         return target.profile
     return None

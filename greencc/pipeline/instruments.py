@@ -5,9 +5,11 @@ are instruments too.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -74,6 +76,30 @@ class PrintIRInstrument(Instrument):
         if self.after == "all" or (self.after == "change" and record.modified) or self.after == pass_.name:
             print(f"// -----// IR after {pass_} //----- //", file=self.stream)
             print(str(model.graph), file=self.stream)
+
+
+class DumpIRInstrument(Instrument):
+    """Writes the input model and the model after every pass as ONNX files in ``directory``
+    (``00-input.onnx``, ``01-cleanup.onnx``, ...; a ``steps=N`` repeat adds ``-step2``...),
+    to open in Netron; ``written`` lists the paths."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self.written: list[Path] = []
+        self._index = 0
+
+    def enter_pipeline(self, model: Model, ctx: PassContext) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._index = 0
+        self._write(model, "input")
+
+    def after_pass(self, pass_: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:
+        self._index += 1
+        step = f"-step{record.step}" if record.step > 1 else ""
+        self._write(model, f"{pass_.name}{step}")
+
+    def _write(self, model: Model, label: str) -> None:
+        self.written.append(model.save(self.directory / f"{self._index:02d}-{label}.onnx"))
 
 
 class ProgressInstrument(Instrument):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import io
+import shutil
+import sys
+import textwrap
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -71,7 +75,7 @@ def _measured_footer(report: Report) -> list[str]:
         return []
     labels = list(dict.fromkeys(m["energy"]["label"] for m in measured if m.get("energy")))
     lines = [f"meas. columns: the model after each pass lowered to {report.target or 'the target'} and run; "
-             "latency median (p10-p90) ms, energy mJ/inference — " + "; ".join(labels)]
+             "latency median (p10-p90) ms, energy mJ/inference by:", *(f"  {label}" for label in labels)]
     if any("same_as" in m for m in measured):
         lines.append("  '=' : the pass changed nothing, so the figure above it is reused (not measured again)")
     for row in report.rows:
@@ -107,44 +111,137 @@ def _headline_lines(report: Report) -> list[str]:
     return lines + report.noise_warnings()
 
 
-def render_report(report: Report, width: int = 140) -> str:
-    """Plain text (no colour codes) of the ledger table and summary lines."""
-    table = Table(title=f"greencc ledger — target {report.target or '-'}, "
-                  f"profile {report.profile['name'] if report.profile else '-'}, "
-                  f"{'dims ' + str(report.dims) if report.dims else 'static shapes'}")
+# Width of the console when it is not a terminal (a log file, a pipe, a test).
+DEFAULT_WIDTH = 140
+
+
+def console_width() -> int:
+    """Columns to render for: the terminal's width when stdout is one, else ``DEFAULT_WIDTH``."""
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
+    return DEFAULT_WIDTH
+
+
+# Columns left out, in this order, until the ledger fits the width: the parameter count
+# (MB says the size), the pass's wall time, then the MAC count.
+DROP_ORDER = ("params", "wall ms", "GMAC")
+# Columns whose cells may wrap onto several lines (with the narrowest they wrap to);
+# numbers never wrap.
+WRAPPING = {"pass": 12, "meas. ms": 15, "fidelity cos, |Δ|": 8}
+
+
+def _row_note(report: Report, row: PassRow) -> str:
+    """A row's note: a rollback, the pass's counters, or why it changed nothing."""
+    if row.rolled_back:
+        return f"ROLLED BACK: {row.rolled_back}"
+    note = _notes(row.stats)
+    if not row.modified and row.name != "(input)":
+        return note or _unchanged_reason(report, row.name)
+    return note
+
+
+def _ledger_columns(report: Report) -> dict[str, list[str]]:
+    """The ledger's columns, titled, each a list of cells (one per row)."""
     with_measured = any(row.measured for row in report.rows)
-    columns = [
-        ("pass", "left"), ("nodes", "right"), ("params", "right"), ("MB", "right"),
-        ("GMAC", "right"), ("est ms", "right"), ("Δ ms", "right"), ("est mJ", "right"),
-        ("Δ mJ", "right"),
-    ]
+    columns: dict[str, list[str]] = {"#": [], "pass": [], "nodes": [], "params": [], "MB": [], "GMAC": [],
+                                     "est ms": [], "Δ ms": [], "est mJ": [], "Δ mJ": []}
     if with_measured:
-        columns += [("meas. ms", "right"), (_measured_energy_title(report), "right")]
-        width = max(width, 170)
-    columns += [("fidelity", "left"), ("wall ms", "right"), ("notes", "left")]
-    for column, justify in columns:
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for row in report.rows:
+        columns |= {"meas. ms": [], _measured_energy_title(report): []}
+    columns |= {"fidelity cos, |Δ|": [], "wall ms": []}
+    for index, row in enumerate(report.rows):
         fidelity = ""
         if row.fidelity:
-            fidelity = f"cos {row.fidelity['cosine_min']:.6f} |Δ| {row.fidelity['max_abs_error']:.2g}"
-        notes = _notes(row.stats)
-        if row.rolled_back:
-            notes = f"ROLLED BACK: {row.rolled_back}"
-        elif not row.modified and row.name != "(input)":
-            notes = notes or "no change"
-        measured_cells = _measured_cells(row) if with_measured else []
-        table.add_row(
-            row.name, str(row.nodes), f"{row.parameters:,}", f"{row.model_bytes / 1e6:.2f}",
-            f"{row.total_macs / 1e9:.4f}", _num(row.est_latency_ms, ".3f"),
-            _signed(row.delta_latency_ms, ".3f"), _num(row.est_energy_mj, ".3f"),
-            _signed(row.delta_energy_mj, ".3f"), *measured_cells, fidelity, f"{row.wall_ms:.1f}", notes,
-        )
+            fidelity = f"{row.fidelity['cosine_min']:.6f} {row.fidelity['max_abs_error']:.2g}"
+        cells = [str(index), row.name, str(row.nodes), f"{row.parameters:,}", f"{row.model_bytes / 1e6:.2f}",
+                 f"{row.total_macs / 1e9:.4f}", _num(row.est_latency_ms, ".3f"),
+                 _signed(row.delta_latency_ms, ".3f"), _num(row.est_energy_mj, ".3f"),
+                 _signed(row.delta_energy_mj, ".3f"), *(_measured_cells(row) if with_measured else []),
+                 fidelity, f"{row.wall_ms:.1f}"]
+        for column, cell in zip(columns.values(), cells, strict=True):
+            column.append(cell)
+    return columns
+
+
+def _needed(columns: dict[str, list[str]]) -> int:
+    """Columns of text a table of ``columns`` needs at the least: each column's widest
+    unbreakable cell (or its wrapping minimum) plus a padding and a separator."""
+    widths = [WRAPPING.get(title) or max(len(cell) for cell in [title, *cells]) for title, cells in columns.items()]
+    return sum(widths) + 2 * len(widths) + 2  # the table's edges
+
+
+def _fitting(columns: dict[str, list[str]], width: int) -> tuple[list[dict[str, list[str]]], list[str]]:
+    """The tables to print for ``width``: ``columns`` less those of :data:`DROP_ORDER` that
+    must go for it to fit, and when it still does not, the measured columns moved to a
+    second table; with the titles left out."""
+    dropped: list[str] = []
+    for title in DROP_ORDER:
+        if _needed(columns) <= width:
+            break
+        columns = {k: v for k, v in columns.items() if k != title}
+        dropped.append(title)
+    measured = [title for title in columns if title.startswith(("meas.", "cpu-est"))]
+    if _needed(columns) <= width or not measured:
+        return [columns], dropped
+    first = {k: v for k, v in columns.items() if k not in measured}
+    second = {k: v for k, v in columns.items() if k in ("#", "pass", *measured)}
+    return [first, second], dropped
+
+
+def _column_widths(columns: dict[str, list[str]], width: int) -> dict[str, int]:
+    """Each column's width: numbers their widest cell; the wrapping columns share what is
+    left of ``width``, each between its :data:`WRAPPING` minimum and its widest cell."""
+    natural = {name: max(len(cell) for cell in [name, *cells]) for name, cells in columns.items()}
+    widths = {name: w if name not in WRAPPING else WRAPPING[name] for name, w in natural.items()}
+    spare = width - _needed(columns)
+    growth = {name: natural[name] - WRAPPING[name] for name in columns if name in WRAPPING}
+    wanted = sum(max(0, g) for g in growth.values())
+    for name, grow in growth.items():
+        if grow > 0:
+            widths[name] += min(grow, spare * grow // wanted)
+    return widths
+
+
+def _table(title: str, columns: dict[str, list[str]], width: int) -> Table:
+    """A ledger table of ``columns`` in ``width``; names and fidelity wrap, numbers never do."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
+    for name, column_width in _column_widths(columns, width).items():
+        table.add_column(name, justify="left" if name in ("pass", "fidelity cos, |Δ|") else "right",
+                         no_wrap=name not in WRAPPING, overflow="fold", width=column_width)
+    for cells in zip(*columns.values(), strict=True):
+        table.add_row(*cells)
+    return table
+
+
+def render_report(report: Report, width: int | None = None) -> str:
+    """Plain text (no colour codes) of the ledger table and summary lines, no line wider
+    than ``width`` columns (default: :func:`console_width`). Names and fidelity wrap
+    rather than being cut, numbers never; where the table would not fit, the parameter
+    count, wall time and MAC count are left out (and the ledger says so), then the
+    measured columns move to a table of their own; each pass's notes are printed in full
+    on their own lines under the table."""
+    width = width or console_width()
+    title = (f"greencc ledger — target {report.target or '-'}, "
+             f"profile {report.profile['name'] if report.profile else '-'}, "
+             f"{'dims ' + str(report.dims) if report.dims else 'static shapes'}")
+    tables, dropped = _fitting(_ledger_columns(report), width)
+    notes = [(index, row.name, _row_note(report, row)) for index, row in enumerate(report.rows)]
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
     for line in _headline_lines(report):  # the report leads with its one energy headline
         console.print(line, markup=False)
-    console.print(table)
+    console.print(_table(title, tables[0], width))
+    if len(tables) > 1:
+        console.print(_table("measured on the target, per pass", tables[1], width))
+    if dropped:
+        console.print(f"({', '.join(dropped)} left out to fit {width} columns: report.json has them)", markup=False)
+    if any(note for _, _, note in notes):
+        console.print("notes (per pass; report.json has every counter):")
+        for index, name, note in notes:
+            if not note:
+                continue
+            text = textwrap.fill(f"{index} {name}: {note}", width - 1, initial_indent="  ",
+                                 subsequent_indent="      ", break_on_hyphens=False)
+            console.print(text, markup=False)
     for line in _measured_footer(report):
         console.print(line, markup=False)
     for key, label in (("input", "input model"), ("final", "final model")):
@@ -187,6 +284,17 @@ def render_report(report: Report, width: int = 140) -> str:
     return buffer.getvalue()
 
 
+def _unchanged_reason(report: Report, row_name: str) -> str:
+    """Why a pass changed nothing: the first site it declined and why, else "no change"."""
+    name = row_name.split("{", 1)[0]
+    declined = [miss for miss in report.near_misses if miss["pass"] == name]
+    if not declined:
+        return "no change"
+    first = declined[0]
+    more = f"; {len(declined) - 1} more site(s): --explain {name}" if len(declined) > 1 else ""
+    return f"no change: {first['node']}: {first['reason']}{more}"
+
+
 def _per_token_line(figure: dict) -> str:
     """The decoder's energy per generated token and carbon per 1k tokens, original -> final."""
     return (f"per generated token (decode step: seq 1 after {figure['context']} tokens, batch {figure['batch']}): "
@@ -217,7 +325,7 @@ def _notes(stats: dict) -> str:
     per-item entries and further counters only report.json lists."""
     summary = [(k, v) for k, v in stats.items() if v and " " not in k]
     items = sum(1 for k, v in stats.items() if v and " " in k)
-    text = ", ".join(f"{k}={v}" for k, v in summary[:MAX_NOTES])
+    text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary[:MAX_NOTES])
     hidden = items + max(0, len(summary) - MAX_NOTES)
     if hidden:
         text += f"{', ' if text else ''}+{hidden} more in report.json"

@@ -381,8 +381,9 @@ class Report:
             raise UsageError(f"cannot read report {path}: {exc}") from None
         return cls.from_dict(strict_json.loads(text, f"report {path}"))
 
-    def to_console(self, width: int = 140) -> str:
-        """The ledger as a plain-text table (what ``greencc compile`` prints)."""
+    def to_console(self, width: int | None = None) -> str:
+        """The ledger as plain text (what ``greencc compile`` prints), no line wider than
+        ``width`` columns (default: the terminal's width, or 140 when stdout is not one)."""
         from greencc.report.console import render_report
 
         return render_report(self, width=width)

@@ -129,8 +129,10 @@ class Target:
 
     @staticmethod
     def profile_by_name(name: str) -> HardwareProfile:
-        """Load the named hardware profile (``targets/profiles/<name>.json``)."""
-
+        """Load the named hardware profile (``targets/profiles/<name>.json``), or the one
+        in the JSON file ``name`` when it ends in ``.json`` (``--profile my-cpu.json``)."""
+        if name.endswith(".json"):
+            return HardwareProfile.from_json(name)
         return HardwareProfile.named(name)
 
     @property
