@@ -8,7 +8,8 @@ consumer and consumer weight slice ``W2[j]``:
 - ``activation``: ``std(a_j)·‖W2[j]‖`` when the mean is folded into the bias (the part
   of unit j's contribution the bias cannot absorb), else ``√E[a_j²]·‖W2[j]‖`` — Wanda's
   ``|W|·‖X‖`` aggregated per unit (Sun et al. 2023);
-- ``magnitude``: ``‖W1[:, j]‖·‖W2[j]‖`` (no data); ``random``: a seeded draw.
+- ``magnitude``: ``‖W1[:, j]‖·‖W2[j]‖`` (no data; a gated MLP multiplies in its up
+  projection's ``‖Wu[:, j]‖``); ``random``: a seeded draw.
 
 With ``reconstruct`` (dense consumers), the kept units' W2 rows are re-fitted by ridge
 least squares so that the pruned layer reproduces the original layer's output on the
@@ -184,22 +185,23 @@ def unit_scores(groups: Sequence[UnitGroup], stats: Sequence[UnitStats], method:
             continue
         out_norm = np.linalg.norm(group.consumer_rows(), axis=1)
         if method == "magnitude":
-            index, axis = _producer_weight_slice(group)
-            weight = np.asarray(constant_array(group.producer.inputs[index]), np.float64)
-            in_norm = np.linalg.norm(np.moveaxis(weight, axis, 0).reshape(group.width, -1), axis=1)
-            scores.append(in_norm * out_norm)
+            scores.append(_input_norms(group) * out_norm)
             continue
         spread = stat.mean_square - (stat.mean ** 2 if centred and exact_fill(group) else 0.0)
         scores.append(np.sqrt(np.maximum(spread, 0.0)) * out_norm)
     return scores
 
 
-def _producer_weight_slice(group: UnitGroup) -> tuple[int, int]:
-    node = group.producer
-    for slice_node, index, axis in group.slices:
-        if slice_node is node and index == 1:
-            return index, axis
-    raise AssertionError("a unit group always slices its producer weight")
+def _input_norms(group: UnitGroup) -> np.ndarray:
+    """Per unit, the product of its weight norms in every producer (a gated MLP's gate and
+    up columns multiply: ``silu(x·Wg[:, j])·(x·Wu[:, j])``)."""
+    norms = np.ones(group.width)
+    producers = [group.producer, *group.co_producers]
+    for node, index, axis in group.slices:
+        if index == 1 and any(node is p for p in producers):
+            weight = np.asarray(constant_array(node.inputs[index]), np.float64)
+            norms *= np.linalg.norm(np.moveaxis(weight, int(axis), 0).reshape(group.width, -1), axis=1)
+    return norms
 
 
 def proportional_order(scores: Sequence[np.ndarray], scope: str) -> list[tuple[int, int]]:

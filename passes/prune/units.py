@@ -1,5 +1,6 @@
-"""Structured units between two weight layers: FFN neurons (``MatMul -> act -> MatMul``)
-and CNN channels (``Conv -> BN -> Relu -> pool -> Conv``/``Gemm``).
+"""Structured units between two weight layers: FFN neurons (``MatMul -> act -> MatMul``,
+and the gated MLP of Llama-family decoders, SwiGLU) and CNN channels
+(``Conv -> BN -> Relu -> pool -> Conv``/``Gemm``).
 
 A :class:`UnitGroup` is a producer whose weight makes ``width`` units along one axis, the
 region of per-unit ops they flow through (elementwise ops whose constants are scalars or
@@ -11,6 +12,11 @@ of each of those weights and constants, so removing it is slicing them all:
         -> MatMul(x, W1[:, K]) (+ b1[K]) -> act -> MatMul(·, W2[K, :])
     Conv(x, W1[C, ...], b1[C]) -> BN(γ,β,μ,σ²[C]) -> Relu -> MaxPool -> Conv(·, W2[:, C, ...])
         -> the same with C -> K
+
+A region may also read a second producer of the same width (a gate): in SwiGLU,
+``MatMul(silu(MatMul(x, Wg[in, F])) · MatMul(x, Wu[in, F]), Wd[F, out])``, neuron ``j`` is
+the triple (``Wg[:, j]``, ``Wu[:, j]``, ``Wd[j]``), whichever of x·σ(x), QuickGelu or Swish
+computes the silu.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from greencc.passes.lib.matching import CONTRIB_DOMAIN, int_attr, label
 
 UNARY = frozenset({"Relu", "Gelu", "Erf", "Tanh", "Sigmoid", "Neg", "Abs", "Exp", "Softplus", "Softsign",
                    "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu", "Celu", "Mish", "Identity",
-                   "Dropout", "Clip", "Sqrt", "Reciprocal"})
+                   "Dropout", "Clip", "Sqrt", "Reciprocal", "Swish"})
 BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"})
 CONTRIB_PER_UNIT = frozenset({"BiasGelu", "FastGelu", "Gelu", "QuickGelu"})
 # Axis marker of a slice entry that is a Reshape target whose last entry is the unit count.
@@ -41,7 +47,9 @@ class UnitGroup:
     ``slices`` lists ``(node, input index, axis)`` of every constant holding one value per
     unit (producer weight and bias, per-unit constants in the region, consumer weight),
     and, with axis :data:`RESHAPE_LAST`, Reshape targets ending in the unit count;
-    ``activation`` is the consumer's input, units on ``unit_axis``.
+    ``activation`` is the consumer's input, units on ``unit_axis``; ``co_producers`` are
+    the further producers the region multiplies in (SwiGLU's up projection), whose
+    weights are in ``slices`` too.
     """
 
     name: str
@@ -52,6 +60,7 @@ class UnitGroup:
     unit_axis: int
     slices: list[tuple[ir.Node, int, int | str]] = field(default_factory=list)
     consumer_weight: tuple[int, int] = (1, 0)  # (input index, unit axis) of the consumer weight
+    co_producers: list[ir.Node] = field(default_factory=list)
 
     def consumer_rows(self) -> np.ndarray:
         """The consumer weight with units on axis 0, flattened per unit ``[width, rest]``."""
@@ -67,8 +76,9 @@ def find_unit_groups(model: ir.Model, kind: str) -> tuple[list[UnitGroup], dict[
     graph = model.graph
     groups: list[UnitGroup] = []
     declined: dict[str, str] = {}
+    claimed: set[ir.Node] = set()  # co-producers of a group found earlier
     for node in graph:
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx") or node in claimed:
             continue
         if kind == "ffn" and node.op_type in ("MatMul", "Gemm"):
             found = _group(node, unit_axis=-1)
@@ -78,6 +88,7 @@ def find_unit_groups(model: ir.Model, kind: str) -> tuple[list[UnitGroup], dict[
             continue
         if isinstance(found, UnitGroup):
             groups.append(found)
+            claimed.update(found.co_producers)
         elif found:
             declined[label(node)] = found
     return groups, declined
@@ -121,48 +132,70 @@ def _group(start: ir.Node, unit_axis: int) -> UnitGroup | str:
         return ""
     slices = [(start, index, axis) for index, axis in own]
     region: set[ir.Node] = set()
-    values = [start.outputs[0]]
+    co_producers: list[ir.Node] = []
+    pending = [start.outputs[0]]
     consumer: ir.Node | None = None
     activation: ir.Value | None = None
     seen: set[ir.Value] = set()
-    while values:
-        value = values.pop()
-        if value in seen:
-            continue
-        seen.add(value)
-        if value.is_graph_output():
-            return ""
-        for user, index in value.uses():
-            reading = _reads_units(user, index, unit_axis)
-            if reading is not None:
-                if consumer is not None and (consumer is not user or activation is not value):
-                    return ""
-                consumer, activation = user, value
+    while pending:
+        values, pending = pending, []
+        while values:
+            value = values.pop()
+            if value in seen:
                 continue
-            edits = _region_node(user, value, width, unit_axis)
-            if edits is None:
+            seen.add(value)
+            if value.is_graph_output():
                 return ""
-            if user not in region:
-                region.add(user)
-                slices.extend((user, i, axis) for i, axis in edits)
-                values.extend(v for v in user.outputs[:1])
-                if user.op_type == "Dropout" or user.op_type == "BatchNormalization":
-                    if any(out.uses() for out in user.outputs[1:]):
+            for user, index in value.uses():
+                reading = _reads_units(user, index, unit_axis)
+                if reading is not None:
+                    if consumer is not None and (consumer is not user or activation is not value):
                         return ""
-    if consumer is None or activation is None:
-        return ""
+                    consumer, activation = user, value
+                    continue
+                edits = _region_node(user, value, width, unit_axis)
+                if edits is None:
+                    return ""
+                if user not in region:
+                    region.add(user)
+                    slices.extend((user, i, axis) for i, axis in edits)
+                    values.extend(v for v in user.outputs[:1])
+                    if user.op_type == "Dropout" or user.op_type == "BatchNormalization":
+                        if any(out.uses() for out in user.outputs[1:]):
+                            return ""
+        if consumer is None or activation is None:
+            return ""
+        # Every region input that is not a constant must come from the region itself or
+        # from a further producer of the same width (a gate), whose output joins the walk.
+        produced_values = {p.outputs[0] for p in (start, *co_producers)} | {out for node in region for out in node.outputs}
+        for node in region:
+            for value in node.inputs:
+                if value is None or value in produced_values or constant_array(value) is not None:
+                    continue
+                gate = _co_producer(value, unit_axis)
+                if isinstance(gate, str):
+                    return gate
+                if gate not in co_producers:
+                    co_producers.append(gate)
+                    slices.extend((gate, index, axis) for index, axis in _producer_weight(gate)[1])  # type: ignore[index]
+                    pending.append(value)
     index, axis = _reads_units(consumer, list(consumer.inputs).index(activation), unit_axis)  # type: ignore[misc]
     weight = constant_array(consumer.inputs[index])
     if weight is None or weight.shape[axis] != width:
         return f"{label(consumer)} reads {label(start)}'s units with a weight of another width"
-    # Every region input that is not a constant must come from the region itself.
-    produced_values = {start.outputs[0]} | {out for node in region for out in node.outputs}
-    for node in region:
-        for value in node.inputs:
-            if value is not None and value not in produced_values and constant_array(value) is None:
-                return ""
     slices.append((consumer, index, axis))
-    return UnitGroup(label(start), start, consumer, width, activation, unit_axis, slices, (index, axis))
+    return UnitGroup(label(start), start, consumer, width, activation, unit_axis, slices, (index, axis), co_producers)
+
+
+def _co_producer(value: ir.Value, unit_axis: int) -> ir.Node | str:
+    """The MatMul/Gemm with a constant weight producing ``value`` (a gate multiplied into
+    the region, of its width: region values have one shape), or why not ("" when
+    ``value`` is plainly not a gate)."""
+    node = value.producer()
+    if unit_axis != -1 or node is None or node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm"):
+        return ""
+    produced = _producer_weight(node)
+    return produced if isinstance(produced, str) else node
 
 
 def _reads_units(node: ir.Node, index: int, unit_axis: int) -> tuple[int, int] | None:

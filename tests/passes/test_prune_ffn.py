@@ -222,3 +222,84 @@ def test_reconstruction_improves_held_out_fidelity():
             pruned = PruneFFN(ratio=0.5, reconstruct=reconstruct, scope="layer").call(model.clone(), ctx).model
         cosines[reconstruct] = measure_fidelity(reference, [ort_outputs(pruned, f) for f in held_out]).cosine_mean
     assert 1 - cosines[True] < 1 - cosines[False], cosines
+
+
+def _decoder_calibration(model: gc.Model, count: int = 3, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    from greencc.verify.feeds import random_feeds
+
+    return [random_feeds(model, seed=seed + s) for s in range(count)]
+
+
+def test_llama_swiglu_is_one_group_of_gate_up_down_triples():
+    from tests.models import decoder_model
+
+    model = decoder_model("llama")
+    groups, declined = find_unit_groups(model.ir, "ffn")
+    assert [g.width for g in groups] == [64, 64] and not declined
+    for group in groups:
+        (up,) = group.co_producers
+        assert group.producer.op_type == up.op_type == group.consumer.op_type == "MatMul"
+        assert group.producer.inputs[0] is up.inputs[0]  # gate and up read the same x
+        assert [(n, i, a) for n, i, a in group.slices if n.op_type == "MatMul"] == [
+            (group.producer, 1, 1), (up, 1, 1), (group.consumer, 1, 0)
+        ]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_llama_swiglu_pruned_equals_masked_reference(fused):
+    from greencc.verify.feeds import random_feeds
+    from tests.models import decoder_model
+
+    model = decoder_model("llama")
+    if fused:
+        model = gc.optimize(model, "cleanup,fuse,dce", verify=False)[0]
+    groups, _ = find_unit_groups(model.ir, "ffn")
+    calibration = _decoder_calibration(model)
+    masked = UnitMaskedModel(model, "ffn")
+    stats = unit_stats(masked, calibration)
+    with PassContext(calibration=calibration) as ctx:
+        result = PruneFFN(ratio=0.25, scope="layer", reconstruct=False).call(model.clone(), ctx)
+    pruned = result.model
+    assert result.stats["units_pruned"] == 32
+    after = find_unit_groups(pruned.ir, "ffn")[0]
+    assert [g.width for g in after] == [48, 48]
+    masks = []
+    for before, kept in zip(groups, after, strict=True):
+        # A neuron goes as a triple: its gate column, its up column and its down row.
+        gate, up, down = (np.asarray(n.inputs[1].const_value.numpy()) for n in (before.producer, before.co_producers[0], before.consumer))
+        kept_gate = kept.producer.inputs[1].const_value.numpy()
+        keep = [next(j for j in range(gate.shape[1]) if np.array_equal(gate[:, j], kept_gate[:, k])) for k in range(kept_gate.shape[1])]
+        np.testing.assert_array_equal(kept.co_producers[0].inputs[1].const_value.numpy(), up[:, keep])
+        np.testing.assert_array_equal(kept.consumer.inputs[1].const_value.numpy(), down[keep])
+        mask = np.zeros(before.width)
+        mask[keep] = 1.0
+        masks.append(mask)
+    fills = [s.mean * (1 - m) for s, m in zip(stats, masks, strict=True)]
+    feeds = random_feeds(model, seed=11)
+    expected = masked.run(feeds, masks, fills)[0]
+    for got, want in zip(ort_outputs(pruned, feeds), expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_gated_mlp_declines_a_gate_with_a_scalar_bias():
+    from tests.helpers import model_from_text
+
+    weights = ", ".join(["0.5"] * 48)
+    model = model_from_text(
+        f"""
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[N, 8] x) => (float[N, 8] y)
+        <float[8, 6] wg = {{{weights}}}, float[8, 6] wu = {{{weights}}}, float[6, 8] wd = {{{weights}}}, float[1] c = {{1.0}}>
+        {{
+          gate = MatMul(x, wg)
+          s = Sigmoid(gate)
+          silu = Mul(gate, s)
+          up = Gemm(x, wu, c)
+          h = Mul(silu, up)
+          y = MatMul(h, wd)
+        }}
+        """
+    )
+    groups, declined = find_unit_groups(model.ir, "ffn")
+    assert groups == []
+    assert declined["<unnamed MatMul -> gate>"] == "<unnamed Gemm -> up> has a bias that is not one value per unit"
