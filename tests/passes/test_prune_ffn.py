@@ -303,3 +303,53 @@ def test_gated_mlp_declines_a_gate_with_a_scalar_bias():
     groups, declined = find_unit_groups(model.ir, "ffn")
     assert groups == []
     assert declined["<unnamed MatMul -> gate>"] == "<unnamed Gemm -> up> has a bias that is not one value per unit"
+
+
+SILU_FORMS = {
+    "sigmoid": ('"" : 24', "s = Sigmoid(gate)\n          silu = Mul(gate, s)"),
+    "swish": ('"" : 24', "silu = Swish(gate)"),
+    "quickgelu": ('"" : 24, "com.microsoft" : 1', "silu = com.microsoft.QuickGelu<alpha = 1.0>(gate)"),
+}
+
+
+@pytest.mark.parametrize("form", sorted(SILU_FORMS))
+def test_swiglu_silu_forms_prune_as_triples(form):
+    from tests.helpers import model_from_text
+
+    rng = np.random.default_rng(0)
+    opsets, silu = SILU_FORMS[form]
+
+    def weights(rows: int, cols: int) -> str:
+        return ", ".join(f"{v:.4f}" for v in rng.normal(size=rows * cols))
+
+    model = model_from_text(
+        f"""
+        <ir_version: 10, opset_import: [{opsets}]>
+        g (float[N, 8] x) => (float[N, 8] y)
+        <float[8, 6] wg = {{{weights(8, 6)}}}, float[8, 6] wu = {{{weights(8, 6)}}}, float[6, 8] wd = {{{weights(6, 8)}}},
+         float[8] bd = {{{weights(1, 8)}}}>
+        {{
+          gate = MatMul(x, wg)
+          {silu}
+          up = MatMul(x, wu)
+          h = Mul(silu, up)
+          down = MatMul(h, wd)
+          y = Add(down, bd)
+        }}
+        """
+    )
+    (group,), declined = find_unit_groups(model.ir, "ffn")
+    assert group.width == 6 and len(group.co_producers) == 1 and not declined
+    calibration = [{"x": rng.normal(size=(4, 8)).astype(np.float32)} for _ in range(3)]
+    masked = UnitMaskedModel(model, "ffn")
+    (stat,) = unit_stats(masked, calibration)
+    with PassContext(calibration=calibration) as ctx:
+        pruned = PruneFFN(ratio=0.5, score="magnitude", reconstruct=False).call(model.clone(), ctx).model
+    (after,) = find_unit_groups(pruned.ir, "ffn")[0]
+    wd = group.consumer.inputs[1].const_value.numpy()
+    kept_rows = after.consumer.inputs[1].const_value.numpy()
+    mask = np.array([any(np.array_equal(row, k) for k in kept_rows) for row in wd], float)
+    assert mask.sum() == 3
+    feeds = {"x": rng.normal(size=(5, 8)).astype(np.float32)}
+    expected = masked.run(feeds, [mask], [stat.mean * (1 - mask)])[0][0]
+    np.testing.assert_allclose(ort_outputs(pruned, feeds)[0], expected, atol=1e-5, rtol=0)
