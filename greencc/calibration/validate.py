@@ -12,6 +12,7 @@ and the worst offenders, and can replace its section of BENCHMARKS.md.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from greencc.calibration import held_out as models
 from greencc.calibration.run import predict_latency
 from greencc.cost.estimate import estimate_cost
 from greencc.cost.kernel_model import find_calibration, save_validation
@@ -45,7 +47,7 @@ PROBE_BENCHMARK = "matmul 128x384x1536"
 # Acceptance of issue 5: the calibrated model must rank and size held-out models this well.
 SPEARMAN_TARGET = 0.9
 MEDIAN_ERROR_TARGET_PCT = 20.0
-# The held-out decoder and ViT of the default suite (random weights; tests/models.py builds them).
+# The held-out decoder and ViT of the default suite (random weights; held_out.py builds them).
 GPT2_CONFIG = {"layers": 4, "hidden": 256, "heads": 4, "seq": 64}
 VIT_CONFIG = {"image": 64, "patch": 8, "hidden": 256, "layers": 4, "heads": 4}
 
@@ -253,26 +255,10 @@ class ValidationReport:
 def default_suite(*, quick: bool = False) -> list[ValidationCase]:
     """MiniLM (dynamic batch), tiny BERT, the digits CNN (fp32, and int8 by ONNX Runtime's
     dynamic quantization), a GPT-2-style decoder (causal attention) and a ViT, across
-    pipelines -O0/-O1/-O2 (and -O3 where it exists) at batch 1 and 8. Needs the
-    repository's ``tests/models.py`` (a checkout) and the ``torch`` extra; ``quick`` keeps
-    the small models and one -O2 batch-1 variant each of the decoder and the ViT."""
-    try:
-        from tests import models
-    except ImportError:
-        models = None
-    if models is None and (Path.cwd() / "tests" / "models.py").is_file():
-        import sys
-
-        sys.path.insert(0, str(Path.cwd()))  # the checkout we are run from
-        from tests import models
-    if models is None:
-        raise UsageError(
-            "the default validation suite builds its models with the repository's tests/models.py",
-            hint="run it from the root of a greencc checkout, with the torch extra installed",
-        )
-    import functools
-
-
+    pipelines -O0/-O1/-O2 (and -O3 where it exists) at batch 1 and 8, built by
+    :mod:`greencc.calibration.held_out` (needs the ``torch`` and ``models`` extras and
+    scikit-learn for the digits); ``quick`` keeps the small models and one -O2 batch-1
+    variant each of the decoder and the ViT."""
     presets = [p for p in ("-O0", "-O1", "-O2", "-O3") if p in PRESETS]
 
     @functools.cache
