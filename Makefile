@@ -1,4 +1,5 @@
-# greencc: `make demo` compiles the bundled MiniLM and prints its ledger; `make test` runs
+# greencc: `make demo` compiles the bundled MiniLM -O1, -O2, -O3 and green (with a fidelity
+# budget) and prints one table of ms, mJ, gCO2e, MB and fidelity, then the report's path; `make test` runs
 # the test suite; `make test-aarch64` checks tvm-aarch64 under qemu-user. They create .venv
 # and install what they need on a fresh machine.
 PYTHON ?= python3
