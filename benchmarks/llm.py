@@ -217,10 +217,12 @@ def _feed(name: str, ids: np.ndarray, kv: tuple[int, int]) -> np.ndarray:
 # Building contenders
 # --------------------------------------------------------------------------------------
 def build_all(directory: Path, workdir: Path, calibration: list[dict[str, np.ndarray]], threads: int,
-              log: Callable[[str], None], only: str = "") -> tuple[dict[str, Built], dict[str, str]]:
+              log: Callable[[str], None], only: str = "", reuse_only: bool = False
+              ) -> tuple[dict[str, Built], dict[str, str]]:
     """Every contender's artifact (those whose name contains ``only``; the reference always)
     for the Hugging Face model in ``directory``, built into ``workdir`` (artifacts already
-    there are reused); returns the built ones and, for the others, why they are not available."""
+    there are reused; with ``reuse_only`` the missing greencc ones are reported, not built);
+    returns the built ones and, for the others, why they are not available."""
     built: dict[str, Built] = {REFERENCE: Built("transformers", directory, _size(directory / "model.safetensors"))}
     if only in TORCH_INT8:
         built[TORCH_INT8] = Built("torch-int8", directory, _torch_int8_bytes(directory))
@@ -240,6 +242,9 @@ def build_all(directory: Path, workdir: Path, calibration: list[dict[str, np.nda
         if only not in name:
             continue
         out = workdir / name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "").replace(",", "")
+        if reuse_only and _reused(out) is None:
+            missing[name] = "not built in this run (--reuse-only: its compile did not fit the session)"
+            continue
         try:
             built[name] = _reused(out) or _remember(out, _build_greencc(directory, out, pipeline, budget, calibration,
                                                                         threads, exported))
@@ -602,7 +607,8 @@ def run(args: argparse.Namespace) -> str:
 
     # Speed: the large random-init model.
     calibration = _decoder_calibration(calibration_feeds(2, 128), large)
-    built, missing = build_all(large, _model_workdir(workdir, large), calibration, args.threads, log, args.only)
+    built, missing = build_all(large, _model_workdir(workdir, large), calibration, args.threads, log, args.only,
+                               args.reuse_only)
     contenders: dict[str, Contender] = {}
     for name, item in built.items():
         try:
@@ -648,6 +654,9 @@ def main() -> None:
     parser.add_argument("--trained", help="a Hugging Face directory instead of scripts/train_llm.py's trained model")
     parser.add_argument("--large", help="a Hugging Face directory instead of scripts/train_llm.py's large model")
     parser.add_argument("--workdir", help="keep (and reuse) the built contenders here instead of a temporary folder")
+    parser.add_argument("--reuse-only", action="store_true",
+                        help="on the large model, measure only the greencc contenders already built in --workdir "
+                        "(report the others)")
     parser.add_argument("--build-only", action="store_true", help="build the large model's contenders into --workdir and stop")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md alone")
     parser.add_argument("--rss-probe", help=argparse.SUPPRESS)
