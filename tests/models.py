@@ -54,8 +54,11 @@ from greencc.calibration.held_out import (  # noqa: F401 - the suite's models, s
     vit_model,
     vit_module,
 )
+from greencc.calibration.held_out import last_hidden_state_wrapper as _last_hidden_state_wrapper  # noqa: F401
 
 TINY_BERT_DIMS = {"batch": 2, "seq": 16}
+
+
 # --------------------------------------------------------------------------- torch models
 
 def feeds_of(inputs: tuple[Any, ...], names: tuple[str, ...] = ("input_ids", "attention_mask")) -> dict[str, np.ndarray]:

