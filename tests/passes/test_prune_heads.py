@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import greencc as gc
+from greencc.calibration.held_out import last_hidden_state_wrapper
 from greencc.passes.prune.head_blocks import find_head_blocks
 from greencc.passes.prune.head_importance import head_importance
 from greencc.passes.prune.head_mask import HeadMaskedModel
@@ -20,7 +21,6 @@ from greencc.pipeline.context import PassContext
 from greencc.pipeline.manager import PassManager
 from greencc.verify.fidelity import measure_fidelity
 from tests.models import (
-    _last_hidden_state_wrapper,
     feeds_of,
     ort_outputs,
     small_cnn_model,
@@ -48,7 +48,7 @@ def _one_head_bert() -> gc.Model:
     config = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=1,
                         intermediate_size=32, max_position_embeddings=64)
     torch.manual_seed(1)
-    module = _last_hidden_state_wrapper(BertModel(config))
+    module = last_hidden_state_wrapper(BertModel(config))
     dynamic = {name: {0: "batch", 1: "seq"} for name in ("input_ids", "attention_mask")}
     return gc.from_torch(module, tiny_bert_inputs(), dynamic_shapes=dynamic)
 
@@ -203,8 +203,10 @@ def test_fidelity_against_original_and_budget_search():
 
 def test_too_aggressive_ratio_is_rolled_back():
     model = tiny_bert_model()
+    # Verification now runs at the example input's dims (batch 2, seq 16): there the random
+    # tiny BERT without any head still scores min cosine 0.99991, so the budget is tighter.
     with pytest.warns(UserWarning, match="rolled back lossy pass 'prune-heads"):
-        result, report = gc.optimize(model, "prune-heads{ratio=1.0}", budget="cos=0.9999")
+        result, report = gc.optimize(model, "prune-heads{ratio=1.0}", budget="cos=0.99999")
     assert report.rows[-1].rolled_back
     assert result.op_counts() == model.op_counts()
 
