@@ -248,8 +248,8 @@ def test_compile_accepts_calibration_data(float_model, tmp_path):
 
 
 def test_verification_uses_the_calibration_samples(float_model):
-    from greencc.pipeline.context import PassContext
     from greencc.instruments.verify import VerifyInstrument
+    from greencc.pipeline.context import PassContext
 
     data = CalibrationData.from_arrays(_arrays(6, seed=3), batch_size=2)
     instrument = VerifyInstrument()

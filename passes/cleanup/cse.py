@@ -14,15 +14,14 @@ import onnx_ir as ir
 
 from greencc.ir import inherit_provenance, subgraphs
 from greencc.model import Model
-from greencc.pipeline.base import Pass, PassResult, register_pass
-from greencc.pipeline.context import PassContext
-
 from greencc.passes.lib.graph_edits import (
     NON_DETERMINISTIC_OPS,
     all_graphs,
     redirect,
     remove_node,
 )
+from greencc.pipeline.base import Pass, PassResult, register_pass
+from greencc.pipeline.context import PassContext
 
 # Domains whose ops are pure functions of their inputs and attributes.
 DETERMINISTIC_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})

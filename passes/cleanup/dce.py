@@ -13,10 +13,9 @@ from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedOpsetsP
 
 from greencc.ir import subgraphs
 from greencc.model import Model
+from greencc.passes.lib.graph_edits import remove_node
 from greencc.pipeline.base import Pass, PassResult, register_pass
 from greencc.pipeline.context import PassContext
-
-from greencc.passes.lib.graph_edits import remove_node
 
 # Domains whose ops are known to be free of side effects: an unused result is dead code.
 PURE_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft"})

@@ -15,9 +15,6 @@ import onnx_ir as ir
 
 from greencc.ir import infer_shapes
 from greencc.model import Model
-from greencc.pipeline.base import Pass, PassResult, register_pass
-from greencc.pipeline.context import PassContext
-
 from greencc.passes.lib.graph_edits import (
     all_graphs,
     can_take_output_name,
@@ -26,6 +23,8 @@ from greencc.passes.lib.graph_edits import (
     redirect,
     remove_node,
 )
+from greencc.pipeline.base import Pass, PassResult, register_pass
+from greencc.pipeline.context import PassContext
 
 # Constants larger than this (elements) are not read to test for all-ones / all-zeros.
 MAX_NEUTRAL_ELEMENTS = 65536

@@ -16,7 +16,13 @@ import onnx_ir as ir
 
 from greencc.model import DecoderSpec
 from greencc.passes.lib.graph_edits import constant_array
-from greencc.passes.lib.matching import CONTRIB_DOMAIN, FusionRun, label, other_readers, single_reader
+from greencc.passes.lib.matching import (
+    CONTRIB_DOMAIN,
+    FusionRun,
+    label,
+    other_readers,
+    single_reader,
+)
 from greencc.passes.lib.rules import Either, Match, Op, Rule, Var, match_pattern
 from greencc.pipeline.base import register_pass
 

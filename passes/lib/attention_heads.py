@@ -19,8 +19,16 @@ import onnx_ir as ir
 from greencc.ir import infer_shapes, source_module, symbolic_dims
 from greencc.model import Model
 from greencc.passes.lib.graph_edits import constant_array, constant_tensor
-from greencc.pipeline.context import PassContext, register_analysis
-
+from greencc.passes.lib.head_layout import (
+    MOVEMENT_OPS,
+    SCALING_OPS,
+    Axis,
+    Factors,
+    Layout,
+    apply,
+    replay,
+    trace_back,
+)
 from greencc.passes.lib.matching import (
     CONTRIB_DOMAIN,
     float_attr,
@@ -33,16 +41,7 @@ from greencc.passes.lib.matching import (
     scalar_constant,
     single_reader,
 )
-from greencc.passes.lib.head_layout import (
-    MOVEMENT_OPS,
-    SCALING_OPS,
-    Axis,
-    Factors,
-    Layout,
-    apply,
-    replay,
-    trace_back,
-)
+from greencc.pipeline.context import PassContext, register_analysis
 
 
 @dataclass(frozen=True)

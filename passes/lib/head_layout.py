@@ -21,7 +21,6 @@ import numpy as np
 import onnx_ir as ir
 
 from greencc.passes.lib.graph_edits import constant_array
-
 from greencc.passes.lib.matching import int_attr, ints_attr, producer, scalar_constant
 
 Size = int | str | None  # a static size, a symbolic dim's name, or unknown

@@ -15,12 +15,12 @@ import numpy as np
 import onnx_ir as ir
 
 from greencc.model import Model
-from greencc.passes.lib.graph_edits import constant_array, constant_tensor
 from greencc.passes.lib.attention_heads import (
     AttentionHeads,
     AttentionSite,
     analyze_attention,
 )
+from greencc.passes.lib.graph_edits import constant_array, constant_tensor
 from greencc.passes.lib.matching import CONTRIB_DOMAIN, int_attr, label
 
 

@@ -25,10 +25,10 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from greencc.passes.lib.graph_edits import NameScope, constant_array, new_initializer, redirect
 from greencc.passes.lib.attention_heads import AttentionMatcher, AttentionSite
-from greencc.passes.lib.matching import label, only_consumer, single_reader
+from greencc.passes.lib.graph_edits import NameScope, constant_array, new_initializer, redirect
 from greencc.passes.lib.head_layout import Factors, Layout, replay, shape_expression, trace_back
+from greencc.passes.lib.matching import label, only_consumer, single_reader
 
 from .head_blocks import HeadBlock, head_columns
 

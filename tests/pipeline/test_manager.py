@@ -9,11 +9,11 @@ import pytest
 
 import greencc as gc
 from greencc import ir
-from greencc.errors import PassFailedError
-from greencc.pipeline.instruments import Instrument, PrintIRInstrument, TimingInstrument
 from greencc.driver import replay
-from greencc.verify.fidelity import FidelityBudget
+from greencc.errors import PassFailedError
 from greencc.instruments.verify import VerifyInstrument
+from greencc.pipeline.instruments import Instrument, PrintIRInstrument, TimingInstrument
+from greencc.verify.fidelity import FidelityBudget
 from tests.helpers import model_from_text
 
 TEXT = """<ir_version: 10, opset_import: ["" : 17]>
