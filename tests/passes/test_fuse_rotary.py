@@ -36,7 +36,7 @@ def _rope_text(rotary_width: int = 8, head: int = 8, halves: tuple[int, int] = (
         "  s4 = Unsqueeze(s, one)",
     ]
     if partial:
-        lines += [f"  xr = Slice(x, zero, width, minus_one)", f"  xp = Slice(x, width, big, minus_one)"]
+        lines += ["  xr = Slice(x, zero, width, minus_one)", "  xp = Slice(x, width, big, minus_one)"]
     lines += [
         f"  xc = Mul({rotated_input}, c4)",
         f"  lo = Slice({rotated_input}, zero, half_lo, minus_one)",
