@@ -9,6 +9,7 @@ import datetime as _dt
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from greencc import __version__
 from greencc.cost.estimate import estimate_cost
 from greencc.cost.kernel_model import (
     ENERGY_UNCALIBRATED_MARK,
@@ -194,8 +195,6 @@ def _costliest(cost: CostEstimate) -> list[dict[str, Any]]:
 def new_report(model: Model, ctx: PassContext, pipeline: str) -> Report:
     """An empty report describing ``model``, the context's target/profile and config, and
     ``pipeline``."""
-    from greencc import __version__
-
     profile = ctx.profile
     profile_info = None
     method = "none (no hardware profile)"

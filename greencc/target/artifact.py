@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from greencc import __version__
 from greencc.config import CompileConfig
 from greencc.errors import (
     GreenccError,
@@ -32,8 +33,10 @@ from greencc.errors import (
 )
 from greencc.frontend.hf import TOKENIZER_FILES, tokenizer_files
 from greencc.ir.shapes import symbolic_dims
+from greencc.measure.latency import measure_latency
 from greencc.model import DecoderSpec
 from greencc.report.html import REPORT_HTML_NAME, write_html
+from greencc.report.ledger import Report
 from greencc.target.generation import (
     DecodeSession,
     FeedDecodeSession,
@@ -51,6 +54,7 @@ from greencc.target.integrity import (
     verify_artifact_files,
 )
 from greencc.target.registry import registered_targets
+from greencc.verify.feeds import random_feeds
 
 if TYPE_CHECKING:
     from greencc.measure.latency import LatencyStats
@@ -152,14 +156,10 @@ class CompiledModel:
         ``threads`` runs the benchmark with that many intra-op threads where the target
         supports changing it; the count used is recorded in the result.
         """
-        from greencc.measure.latency import measure_latency
-
         runner: CompiledModel = self
         if threads is not None and threads != self.options.get("threads"):
             runner = self.with_options(threads=threads)
         if feeds is None:
-            from greencc.verify.feeds import random_feeds
-
             feeds = random_feeds(self.model, seed=0, dims=self.dims)
         arrays = runner.check_feeds(feeds)
         stats = measure_latency(
@@ -246,8 +246,6 @@ class CompiledModel:
     def manifest(self, files: list[str]) -> dict[str, Any]:
         """The ``greencc.json`` contents for an artifact made of ``files`` (``save`` adds
         the SHA-256 of every file)."""
-        from greencc import __version__
-
         return {
             "format": ARTIFACT_FORMAT,
             "format_version": FORMAT_VERSION,
@@ -510,7 +508,6 @@ def _load_report(path: Path) -> Any:
         raise ModelLoadError(f"{path} is too large for a report", hint="the artifact is corrupt")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        from greencc.report.ledger import Report
 
         return Report.from_dict(data)
     except GreenccError as exc:
