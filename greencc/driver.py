@@ -97,7 +97,8 @@ def resolve_dims(
 
 def calibration_dims(model: Model, calibration: CalibrationData) -> dict[str, int]:
     """The symbolic input dims of ``model`` as the first batch of ``calibration`` binds them
-    (``{"batch": 1, "seq": 128}`` for arrays of shape (1, 128))."""
+    (``{"batch": 1, "seq": 128}`` for arrays of shape (1, 128)). An empty axis binds
+    nothing: a model is priced and verified at sizes of at least 1."""
     feeds = next(iter(calibration), None) or {}
     bound: dict[str, int] = {}
     for value in model.graph.inputs:
@@ -105,7 +106,7 @@ def calibration_dims(model: Model, calibration: CalibrationData) -> dict[str, in
         if value.shape is None or not isinstance(array, np.ndarray) or array.ndim != len(value.shape):
             continue
         for dim, size in zip(value.shape, array.shape, strict=True):
-            if not isinstance(dim, int) and dim.value:
+            if not isinstance(dim, int) and dim.value and size > 0:
                 bound.setdefault(dim.value, int(size))
     return bound
 
