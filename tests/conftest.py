@@ -6,6 +6,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
+
+import onnx
+import onnx.parser
+import pytest
+
+from tests.helpers import GOOD
 
 
 def pytest_configure(config) -> None:  # noqa: ANN001 - pytest's hook signature
@@ -13,3 +20,11 @@ def pytest_configure(config) -> None:  # noqa: ANN001 - pytest's hook signature
     # The shipped socket profiles, as every machine running the suite has them; tests of
     # the host profile and its quick calibration set it themselves.
     os.environ["GREENCC_HOST_PROFILE"] = "off"
+
+
+@pytest.fixture
+def good_model(tmp_path: Path) -> Path:
+    """:data:`tests.helpers.GOOD` saved as ``good.onnx`` in the test's temp dir."""
+    path = tmp_path / "good.onnx"
+    onnx.save(onnx.parser.parse_model(GOOD), path)
+    return path

@@ -1,6 +1,9 @@
-"""Shared test helpers: build small models from ONNX text, run them in ONNX Runtime."""
+"""Shared test helpers: build small models from ONNX text, run them in ONNX Runtime, and a
+fake energy meter."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import onnx
@@ -10,6 +13,31 @@ import onnxruntime as ort
 
 import greencc as gc
 from greencc.ir import to_self_contained_proto
+from greencc.measure import MeterAvailability
+
+# A four-node model every pass of -O1 changes: the CLI and report tests' input.
+GOOD = """<ir_version: 10, opset_import: ["" : 17]>
+g (float[1, 8] x) => (float[1, 8] y) <float[8] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0}, float one = {1.0}> {
+  i = Identity(x)
+  m = Mul(i, one)
+  a = Add(m, w)
+  y = Relu(a)
+}"""
+
+
+class ConstantPowerRapl:
+    """Stands in for a readable RAPL counter drawing a constant 10 W."""
+
+    method = "rapl"
+
+    def available(self) -> MeterAvailability:
+        return MeterAvailability(True)
+
+    def read_j(self) -> float:
+        return 10.0 * time.perf_counter()
+
+    def describe(self) -> str:
+        return "RAPL package-0 (fake, 10 W)"
 
 
 def model_from_text(text: str) -> gc.Model:

@@ -13,29 +13,16 @@ import onnx.parser
 import pytest
 
 from greencc.cli import main
+from tests.helpers import GOOD
 
 ROOT = Path(__file__).resolve().parents[2]
 
-GOOD = """<ir_version: 10, opset_import: ["" : 17]>
-g (float[1, 8] x) => (float[1, 8] y) <float[8] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0}, float one = {1.0}> {
-  i = Identity(x)
-  m = Mul(i, one)
-  a = Add(m, w)
-  y = Relu(a)
-}"""
 
 UNKNOWN_DOMAIN = """<ir_version: 10, opset_import: ["" : 17, "com.example" : 1]>
 g (float[1, 8] x) => (float[1, 8] y) {
   t = com.example.Frobnicate(x)
   y = Relu(t)
 }"""
-
-
-@pytest.fixture
-def good_model(tmp_path):
-    path = tmp_path / "good.onnx"
-    onnx.save(onnx.parser.parse_model(GOOD), path)
-    return path
 
 
 def run_cli(*args, cwd=None):

@@ -8,30 +8,13 @@ import importlib.util
 import json
 from pathlib import Path
 
-import onnx
-import onnx.parser
 import pytest
 
 from greencc.cli import main
 
-GOOD = """<ir_version: 10, opset_import: ["" : 17]>
-g (float[1, 8] x) => (float[1, 8] y) <float[8] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0}, float one = {1.0}> {
-  i = Identity(x)
-  m = Mul(i, one)
-  a = Add(m, w)
-  y = Relu(a)
-}"""
-
 needs_codecarbon = pytest.mark.skipif(
     importlib.util.find_spec("codecarbon") is None, reason="the greencc[carbon] extra is not installed"
 )
-
-
-@pytest.fixture
-def good_model(tmp_path: Path) -> Path:
-    path = tmp_path / "good.onnx"
-    onnx.save(onnx.parser.parse_model(GOOD), path)
-    return path
 
 
 @pytest.fixture(autouse=True)

@@ -19,21 +19,6 @@ from greencc.measure.energy import EnergyMeasurement
 
 ROOT = Path(__file__).resolve().parents[2]
 
-GOOD = """<ir_version: 10, opset_import: ["" : 17]>
-g (float[1, 8] x) => (float[1, 8] y) <float[8] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0}, float one = {1.0}> {
-  i = Identity(x)
-  m = Mul(i, one)
-  a = Add(m, w)
-  y = Relu(a)
-}"""
-
-
-@pytest.fixture
-def good_model(tmp_path: Path) -> Path:
-    path = tmp_path / "good.onnx"
-    onnx.save(onnx.parser.parse_model(GOOD), path)
-    return path
-
 
 def test_python_dash_m_greencc_is_the_cli() -> None:
     done = subprocess.run([sys.executable, "-m", "greencc", "--version"], capture_output=True, text=True,

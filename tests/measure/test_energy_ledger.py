@@ -5,53 +5,20 @@ and the original model, and --grid-intensity / --pue reach every carbon figure."
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-import onnx
-import onnx.parser
 import pytest
 
 import greencc as gc
 from greencc.cli import main
-from greencc.measure import MeterAvailability
 from greencc.report.ledger import Report
-
-GOOD = """<ir_version: 10, opset_import: ["" : 17]>
-g (float[1, 8] x) => (float[1, 8] y) <float[8] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0}, float one = {1.0}> {
-  i = Identity(x)
-  m = Mul(i, one)
-  a = Add(m, w)
-  y = Relu(a)
-}"""
-
-
-@pytest.fixture
-def good_model(tmp_path: Path) -> Path:
-    path = tmp_path / "good.onnx"
-    onnx.save(onnx.parser.parse_model(GOOD), path)
-    return path
+from tests.helpers import ConstantPowerRapl
 
 
 @pytest.fixture(autouse=True)
 def no_calibrated_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A profile calibrated on the developer's machine must not change these tests.
     monkeypatch.setenv("GREENCC_CACHE_DIR", str(tmp_path / "cache"))
-
-
-class ConstantPowerRapl:
-    """Stands in for a readable RAPL counter drawing a constant 10 W."""
-
-    method = "rapl"
-
-    def available(self) -> MeterAvailability:
-        return MeterAvailability(True)
-
-    def read_j(self) -> float:
-        return 10.0 * time.perf_counter()
-
-    def describe(self) -> str:
-        return "RAPL package-0 (fake, 10 W)"
 
 
 def _all_energy_figures(report: dict) -> list[dict]:

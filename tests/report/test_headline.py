@@ -5,55 +5,22 @@ warning when repeated baseline measurements disagree beyond their spread."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import onnx
-import onnx.parser
 import pytest
 
 import greencc as gc
 from greencc.calibration import calibrate, default_benchmarks
 from greencc.calibration.validate import CaseResult, ValidationReport
 from greencc.cost import kernel_model as km
-from greencc.measure import MeterAvailability
 from greencc.report.ledger import PassRow, Report
-
-GOOD = """<ir_version: 10, opset_import: ["" : 17]>
-g (float[1, 8] x) => (float[1, 8] y) <float[8] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0}, float one = {1.0}> {
-  i = Identity(x)
-  m = Mul(i, one)
-  a = Add(m, w)
-  y = Relu(a)
-}"""
+from tests.helpers import ConstantPowerRapl
 
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("GREENCC_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-@pytest.fixture
-def model_path(tmp_path: Path) -> Path:
-    path = tmp_path / "good.onnx"
-    onnx.save(onnx.parser.parse_model(GOOD), path)
-    return path
-
-
-class ConstantPowerRapl:
-    """Stands in for a readable RAPL counter drawing a constant 10 W."""
-
-    method = "rapl"
-
-    def available(self) -> MeterAvailability:
-        return MeterAvailability(True)
-
-    def read_j(self) -> float:
-        return 10.0 * time.perf_counter()
-
-    def describe(self) -> str:
-        return "RAPL package-0 (fake, 10 W)"
 
 
 def _validation(profile: str, template: str) -> ValidationReport:
@@ -64,8 +31,8 @@ def _validation(profile: str, template: str) -> ValidationReport:
                             machine=km.machine_info(), created="2026-01-02T03:04:05+00:00", results=results)
 
 
-def test_without_meter_or_calibration_the_roofline_leads_and_says_it_is_unvalidated(model_path: Path) -> None:
-    report = gc.compile(gc.load(model_path), "ort-cpu", "-O1").report
+def test_without_meter_or_calibration_the_roofline_leads_and_says_it_is_unvalidated(good_model: Path) -> None:
+    report = gc.compile(gc.load(good_model), "ort-cpu", "-O1").report
     headline = report.headline()
     assert headline is not None and headline["method"] == "model:cost"
     assert headline["final_mj"] == report.rows[-1].est_energy_mj
@@ -77,10 +44,10 @@ def test_without_meter_or_calibration_the_roofline_leads_and_says_it_is_unvalida
     assert "validation: not validated on this machine" in text
 
 
-def test_the_roofline_quotes_its_validation_error_on_this_machine(model_path: Path) -> None:
+def test_the_roofline_quotes_its_validation_error_on_this_machine(good_model: Path) -> None:
     validation = _validation("ort-cpu-1threads", "x86-avx512")
     validation.save()
-    report = gc.compile(gc.load(model_path), "ort-cpu", "-O1").report  # uncalibrated: x86-avx512
+    report = gc.compile(gc.load(good_model), "ort-cpu", "-O1").report  # uncalibrated: x86-avx512
     headline = report.headline()
     assert headline["method"] == "model:cost" and headline["validation"]["cases"] == 4
     roofline = validation.scores()[2]
@@ -96,13 +63,13 @@ def test_a_validation_from_another_machine_is_not_quoted() -> None:
     assert km.validation_path("x86-avx512").is_file()
 
 
-def test_with_a_calibration_the_kernel_model_leads_with_its_validation_error(model_path: Path) -> None:
+def test_with_a_calibration_the_kernel_model_leads_with_its_validation_error(good_model: Path) -> None:
     benchmarks = [b for b in default_benchmarks() if b.name in ("neg[1]x1", "add 4K", "matmul 16x32x32")]
     calibration = calibrate("ort-cpu", threads=1, benchmarks=benchmarks, min_time_s=0.02)
     calibration.save()
     validation = _validation(calibration.profile.name, "x86-avx512")
     validation.save()
-    report = gc.compile(gc.load(model_path), "ort-cpu", "-O1", threads=1).report
+    report = gc.compile(gc.load(good_model), "ort-cpu", "-O1", threads=1).report
     kernel = report.kernel_estimate
     assert kernel is not None and kernel["profile"] == "ort-cpu-1threads"
     assert kernel["original_mj"] > 0 and kernel["final_mj"] > 0 and kernel["final_ms"] > 0
@@ -122,14 +89,14 @@ def test_with_a_calibration_the_kernel_model_leads_with_its_validation_error(mod
     assert again.kernel_estimate == kernel and again.headline()["method"] == "model:kernels"
 
 
-def test_a_meter_leads_and_the_estimated_column_is_not_titled_measured(model_path: Path) -> None:
-    measured = gc.compile(gc.load(model_path), "ort-cpu", "-O1", measure=True,
+def test_a_meter_leads_and_the_estimated_column_is_not_titled_measured(good_model: Path) -> None:
+    measured = gc.compile(gc.load(good_model), "ort-cpu", "-O1", measure=True,
                           energy_meter=ConstantPowerRapl(), energy_window_s=0.05).report
     headline = measured.headline()
     assert headline["kind"] == "measured" and headline["method"] == "rapl"
     assert headline["validation_text"].startswith("a measurement")
     assert "meas. mJ" in measured.to_console()
-    estimated = gc.compile(gc.load(model_path), "ort-cpu", "-O1", measure=True, energy_window_s=0.05).report
+    estimated = gc.compile(gc.load(good_model), "ort-cpu", "-O1", measure=True, energy_window_s=0.05).report
     assert estimated.headline()["method"] == "model:cost"  # CPU time × power is not a measurement
     text = estimated.to_console()
     assert "meas. ms" in text and "meas. mJ" not in text and "cpu-est mJ" in text
