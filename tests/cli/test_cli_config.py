@@ -16,16 +16,10 @@ import pytest
 
 from greencc.cli import main
 from greencc.config import CompileConfig, file_sha256
+from tests.helpers import GOOD
 
 ROOT = Path(__file__).resolve().parents[2]
 
-MODEL = """<ir_version: 10, opset_import: ["" : 17]>
-g (float[1, 8] x) => (float[1, 8] y) <float[8] w = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0}, float one = {1.0}> {
-  i = Identity(x)
-  m = Mul(i, one)
-  a = Add(m, w)
-  y = Relu(a)
-}"""
 
 # A plugin whose pass claims to be exact but changes the weights: verification must fail.
 NUDGE_PLUGIN = '''
@@ -55,7 +49,7 @@ def plugin_noop(model, ctx):
 @pytest.fixture
 def model_path(tmp_path):
     path = tmp_path / "m.onnx"
-    onnx.save(onnx.parser.parse_model(MODEL), path)
+    onnx.save(onnx.parser.parse_model(GOOD), path)
     return path
 
 
