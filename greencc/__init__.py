@@ -49,6 +49,10 @@ _LAZY: dict[str, str] = {
     # verification and report
     "FidelityBudget": "greencc.verify.fidelity",
     "Report": "greencc.report.ledger",
+    # energy windows
+    "energy_window": "greencc.measure.windows",
+    "begin_window": "greencc.measure.windows",
+    "end_window": "greencc.measure.windows",
     # driver and its config
     "CompileConfig": "greencc.config",
     "compile": "greencc.driver",
@@ -90,6 +94,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from greencc.frontend.hf import from_pretrained  # noqa: F401
     from greencc.frontend.onnx_file import load  # noqa: F401
     from greencc.frontend.torch_export import from_torch  # noqa: F401
+    from greencc.measure.windows import begin_window, end_window, energy_window  # noqa: F401
     from greencc.model import DecoderSpec, Model, TensorSpec  # noqa: F401
     from greencc.pipeline.base import Pass, PassResult, register_pass, registered_passes  # noqa: F401
     from greencc.pipeline.context import PassContext, register_analysis  # noqa: F401
