@@ -131,8 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     level.add_argument("--pipeline", dest="pipeline", metavar="TEXT",
                        help='pipeline text, e.g. "cleanup,fold-constants{max_size=1024}"')
     c.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="artifact directory to write")
-    c.add_argument("--calib", metavar="NPZ", help=".npz of arrays named after the model inputs (samples on axis 0)")
-    c.add_argument("--budget", metavar="SPEC", help="fidelity budget for lossy passes, e.g. cos=0.99")
+    c.add_argument("--calib", metavar="NPZ", help=".npz of arrays named after the model inputs (samples on axis 0), "
+                   "and optionally 'labels' (one integer class id per sample) for --budget acc=")
+    c.add_argument("--budget", metavar="SPEC",
+                   help="fidelity budget for lossy passes: cos=0.99 (min cosine), abs=1e-3 (max abs error), "
+                   "acc=0.01 (max accuracy drop; needs 'labels' in --calib), ppl=1.02 and agree=0.95 "
+                   "(language models: max perplexity ratio, min greedy agreement)")
     c.add_argument("--threads", type=_threads_arg, help="intra-op threads of the compiled model")
     c.add_argument("--target-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the target, repeatable (e.g. -t tvm-llvm --target-option tune_budget_s=600; "

@@ -24,6 +24,8 @@ from greencc.model import Model, as_array, container_feed, native_byte_order
 MAX_CALIBRATION_BYTES = 4 << 30
 # A decoder's KV-cache inputs are named past_key_values.{layer}.key / .value.
 PAST_PREFIX = "past_key_values."
+# The .npz array of task labels (one per sample) that a budget's acc= term is checked against.
+LABELS_NAME = "labels"
 
 Feeds = dict[str, np.ndarray]
 T = TypeVar("T")
@@ -504,7 +506,8 @@ def load_npz_samples(path: str | os.PathLike, model: Model, *, limit: int | None
     """Feed dicts from an ``.npz``: one array per model input, samples along axis 0.
 
     An array with the input's rank is split into batch-1 samples; one with an extra leading
-    axis gives one full feed per index. Raises ``UsageError`` naming a missing, unknown or
+    axis gives one full feed per index. A ``labels`` array (when no input has that name) is
+    not a feed: :func:`load_npz_labels` reads it. Raises ``UsageError`` naming a missing, unknown or
     mismatched array (see :meth:`CalibrationData.check`); ``allow_pickle`` is always off,
     and every member's ``.npy`` header is read and bounded before any array data is (see
     :func:`_check_npz_members`).
@@ -524,7 +527,7 @@ def load_npz_samples(path: str | os.PathLike, model: Model, *, limit: int | None
                          hint="save it with np.savez(path, input_name=array, ...)")
     with archive:
         specs = {spec.name: spec for spec in model.inputs}
-        names = set(archive.files)
+        names = set(archive.files) - ({LABELS_NAME} - set(specs))
         if names != set(specs):
             raise UsageError(
                 f"{path}: arrays {sorted(names)} do not match the model's inputs {sorted(specs)}",
@@ -556,6 +559,29 @@ def load_npz_samples(path: str | os.PathLike, model: Model, *, limit: int | None
     samples = [{name: per_sample[name][i] for name in specs} for i in range(count)]
     CalibrationData(samples, source=str(path)).check(model)
     return samples
+
+
+def load_npz_labels(path: str | os.PathLike, model: Model) -> np.ndarray | None:
+    """The ``labels`` array of a calibration ``.npz`` (integer class ids, one per sample
+    along axis 0, in the samples' order), or ``None`` when it has none or a model input is
+    named ``labels``. Read like the samples (see :func:`load_npz_samples`, which checks the
+    file): no pickle, headers bounded first. ``UsageError`` when the labels are not integers."""
+    if LABELS_NAME in {spec.name for spec in model.inputs}:
+        return None
+    path = Path(path)
+    _check_npz_members(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if LABELS_NAME not in archive.files:
+                return None
+            labels = archive[LABELS_NAME]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise UsageError(f"{path} is not a readable .npz file: {exc}") from None
+    if labels.dtype.kind not in "iu" or labels.ndim == 0:
+        raise UsageError(f"{path}: 'labels' is a {labels.dtype} array of shape {list(labels.shape)}, "
+                         "not integer class ids with samples along axis 0",
+                         hint="store one integer label per sample: np.savez(path, ..., labels=np.array([...], np.int64))")
+    return labels
 
 
 def _check_npz_members(path: Path) -> None:

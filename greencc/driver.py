@@ -19,7 +19,7 @@ import onnx
 
 from greencc.config import CompileConfig, file_sha256
 from greencc.cost.estimate import estimate_cost
-from greencc.data import CalibrationData, as_calibration
+from greencc.data import CalibrationData, as_calibration, load_npz_labels
 from greencc.errors import GreenccError, TargetUnavailableError, UnsupportedOpError, UsageError
 from greencc.execution import Executor
 from greencc.execution.calibrate import machine_profile
@@ -135,8 +135,9 @@ def optimize(
     measures the input and the model after every pass that changed it, into each row's
     ``measured`` (``compile(measure=True)`` passes one that lowers to the target).
     ``config`` is the :class:`CompileConfig` recorded in the report and in reproducers.
-    ``labels`` (one per calibration sample, in order) let verification score task accuracy,
-    which a budget's ``acc=`` term needs. ``progress`` receives a
+    ``labels`` (one integer class id per calibration sample, in order; default: the
+    ``labels`` array of a calibration ``.npz``) let verification score task accuracy (the
+    argmax of the first output), which a budget's ``acc=`` term needs. ``progress`` receives a
     :class:`~greencc.pipeline.progress.ProgressEvent` as each pass starts and ends and as
     long passes advance (see :func:`compile`)."""
     model = as_model(model)
@@ -144,7 +145,7 @@ def optimize(
         model, pipeline, target=target, profile=profile,
         calibration=_checked_calibration(calibration, model), budget=budget, dims=dims,
         verify=verify, seed=seed, instruments=instruments, reproducer_dir=reproducer_dir,
-        measure_model=measure_model, config=config, labels=labels,
+        measure_model=measure_model, config=config, labels=_labels_of(labels, calibration, model),
         progress=ProgressReporter(progress),
     )
     return optimized, report
@@ -193,7 +194,8 @@ def _optimize(
         if missing:
             raise UsageError(
                 f"the fidelity budget '{ctx.budget}' cannot be checked on this model: {'; '.join(missing)}",
-                hint="give labels=... with the calibration data (Python API), or drop those terms from --budget",
+                hint="add a 'labels' array (one integer per sample) to the --calib .npz, or give labels=... "
+                "with calibration=... in Python; or drop those terms from --budget",
             )
     verified = max(1, ctx.verification_samples)
     ctx.instruments = [
@@ -207,9 +209,18 @@ def _optimize(
     return optimized, report, ctx
 
 
+def _labels_of(labels: Any, calibration: Any, model: Model) -> Any:
+    """``labels`` when given, else the ``labels`` array of a calibration ``.npz`` (None
+    when it has none)."""
+    if labels is None and isinstance(calibration, (str, os.PathLike)):
+        return load_npz_labels(calibration, model)
+    return labels
+
+
 def _label_batches(labels: Any, calibration: CalibrationData | None) -> list[np.ndarray] | None:
-    """``labels`` (one per calibration sample) split like the calibration batches, or None
-    without labels. Raises ``UsageError`` without calibration data or on a count mismatch."""
+    """``labels`` (one per calibration sample, or one row per batch of equal batches) split
+    like the calibration batches, or None without labels. Raises ``UsageError`` without
+    calibration data or on a count mismatch."""
     if labels is None:
         return None
     if calibration is None:
@@ -217,6 +228,8 @@ def _label_batches(labels: Any, calibration: CalibrationData | None) -> list[np.
                          hint="pass calibration=... with one label per sample, in the same order")
     array = np.asarray(labels)
     sizes = [len(next(iter(feeds.values()))) for feeds in calibration]
+    if array.ndim >= 2 and len(array) == len(sizes) != sum(sizes) and set(sizes) == {array.shape[1]}:
+        array = array.reshape(sum(sizes), *array.shape[2:])  # one row of labels per stacked batch
     if array.ndim == 0 or len(array) != sum(sizes):
         raise UsageError(f"{array.size if array.ndim == 0 else len(array)} labels for {sum(sizes)} calibration samples",
                          hint="give one label per calibration sample, in the same order")
@@ -271,9 +284,12 @@ def compile(  # noqa: A001 - the public verb of a compiler
     ``target_options`` go to the target's constructor (``greencc targets`` lists each
     target's options, e.g. tvm-llvm's ``tune_budget_s``); ``threads`` is one of them.
     ``plugins`` (``.py`` files or module names) are loaded first: their passes and targets
-    can be named in ``pipeline`` and ``target``. ``labels`` (one per calibration sample,
-    in order) let verification score task accuracy, which a budget's ``acc=`` term needs;
-    a budget term that cannot be checked on the model is refused (``UsageError``).
+    can be named in ``pipeline`` and ``target``. ``labels`` (one integer class id per
+    calibration sample, in order; default: the ``labels`` array of a calibration ``.npz``)
+    let verification score task accuracy (the argmax of the first output), which a budget's
+    ``acc=`` term needs; a budget term that cannot be checked on the model (``acc=`` without
+    labels, ``ppl=``/``agree=`` on a model without ``input_ids`` and ``logits``) is refused
+    (``UsageError``).
 
     ``progress`` is called with a :class:`~greencc.pipeline.progress.ProgressEvent` as each
     pass starts (pass i of N, seconds elapsed) and ends, as long passes advance (int8
@@ -304,7 +320,9 @@ def compile(  # noqa: A001 - the public verb of a compiler
     reporter = ProgressReporter(progress)
     reporter.stage("load model")
     model = as_model(model) if model is not None else _config_model(config)
-    data = _checked_calibration(calibration if calibration is not None else _config_calibration(config), model)
+    source = calibration if calibration is not None else _config_calibration(config)
+    data = _checked_calibration(source, model)
+    labels = _labels_of(labels, source, model)
     config = _recorded(config, model, calibration, data)
     resolved = _target_of(config, target)
     availability = resolved.available()
