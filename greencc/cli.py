@@ -43,6 +43,9 @@ examples:
   greencc cost calibrate -t ort-cpu                          # fit ort-cpu's profile to this machine
   greencc cost validate -t ort-cpu                           # predicted vs measured, held-out models
   greencc repro greencc-repro-.../                           # replay a failing pipeline
+  greencc serve out/ --port 8000                             # HTTP inference, J/request, /metrics
+  greencc serve fp32=a/ green=b/ --policy carbon --carbon-signal file:grid.txt --fidelity-floor 0.99
+  greencc advise out/ --slo-ms 20 --html advice.html         # energy-optimal threads and batch
 
 exit status:
 """ + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items()) + """
@@ -279,7 +282,69 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace the 'Cost model validation (issue 5)' section of this Markdown file")
     val.add_argument("--json", metavar="PATH", help="write the full results as JSON here")
     val.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    _serve_parsers(sub, carbon_options, plugin_option)
     return parser
+
+
+def _serve_parsers(sub: Any, carbon_options: Any, plugin_option: Any) -> None:
+    """``greencc serve`` and ``greencc advise``."""
+    sv = sub.add_parser(
+        "serve", help="serve compiled artifacts over HTTP with per-request energy and carbon",
+        description="Serve one or several compiled variants of a model (ARTIFACT is PATH or NAME=PATH): "
+        "POST /v1/infer (and /v1/generate for decoders, streaming with \"stream\": true), micro-batched "
+        "under --latency-target-ms; each response carries its latency, joules and gCO2e; GET /metrics "
+        "(Prometheus), /healthz, /readyz, /v1/models, /v1/switches. A policy picks the variant each "
+        "--policy-interval among those with fidelity >= --fidelity-floor (read from each artifact's report). "
+        "SIGTERM or Ctrl-C drains: requests in flight complete. Needs the serve extra: "
+        "pip install 'greencc[serve]'.",
+        epilog="example: greencc serve fp32=out-O0/ green=out-green/ --policy carbon "
+        "--carbon-signal table:FRA --carbon-threshold 300")
+    sv.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="an artifact directory, or NAME=DIRECTORY")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local: uvicorn in this process (default); ray: Ray Serve replicas (scales out)")
+    sv.add_argument("--replicas", type=int, default=1, help="with --engine ray: replicas (default 1)")
+    sv.add_argument("--threads", type=_threads_arg, help="intra-op threads of every variant")
+    sv.add_argument("--policy", choices=("fixed", "carbon", "energy-budget", "power-cap"), default="fixed",
+                    help="how the serving variant is picked (default fixed: --variant, else the first)")
+    sv.add_argument("--variant", help="with --policy fixed: the variant to serve")
+    sv.add_argument("--fidelity-floor", type=float, default=0.0, metavar="COS",
+                    help="never serve a variant whose cosine fidelity (from its report) is below this")
+    sv.add_argument("--carbon-signal", metavar="SIGNAL",
+                    help="grid gCO2e/kWh read each interval: a number, file:PATH, http(s)://URL or "
+                    "table:LOCATION (CodeCarbon's yearly table)")
+    sv.add_argument("--carbon-threshold", type=float, default=300.0, metavar="G",
+                    help="--policy carbon: the greenest variant at or above G gCO2e/kWh (default 300)")
+    sv.add_argument("--energy-budget", type=float, metavar="J_PER_HOUR",
+                    help="--policy energy-budget: joules per hour before switching to the greenest variant")
+    sv.add_argument("--power-cap", type=float, metavar="W", help="--policy power-cap: watts")
+    sv.add_argument("--policy-interval", type=float, default=0.25, metavar="S",
+                    help="seconds between policy decisions (default 0.25)")
+    sv.add_argument("--latency-target-ms", type=float, default=50.0, metavar="MS",
+                    help="batches stay small enough to answer within this (default 50)")
+    sv.add_argument("--max-wait-ms", type=float, metavar="MS",
+                    help="longest a request waits for a batch to fill (default min(5, target/4))")
+    sv.add_argument("--max-batch", type=int, default=16, help="most rows per batch (default 16)")
+    sv.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest request body (default 8 MiB)")
+    carbon_options(sv)
+    plugin_option(sv)
+
+    ad = sub.add_parser(
+        "advise", help="energy per inference vs threads and batch size; the best within a latency target",
+        description="Measure a compiled artifact's energy per inference and batch latency for each thread "
+        "count and batch size, and recommend the least energy whose batch latency is within --slo-ms. "
+        "Energy is measured (NVML/RAPL) where readable, else the labelled CPU-time estimate; CPU frequency "
+        "and GPU power limit are named as not swept where the machine does not expose them.",
+        epilog="example: greencc advise out/ --slo-ms 20 --html advice.html")
+    ad.add_argument("artifact", help="a directory written by `greencc compile`")
+    ad.add_argument("--slo-ms", type=float, required=True, metavar="MS", help="latency target per batch (ms)")
+    ad.add_argument("--threads", metavar="N,N,...", help="thread counts to try (default 1 … cores)")
+    ad.add_argument("--batch", metavar="N,N,...", default="1,2,4,8", help="batch sizes to try (default 1,2,4,8)")
+    ad.add_argument("--window", type=float, default=0.5, metavar="S", help="energy window per point (default 0.5 s)")
+    ad.add_argument("--html", metavar="PATH", help="write the artifact's report page with the curve here")
+    ad.add_argument("--json", action="store_true", help="print the curve as JSON")
+    plugin_option(ad)
 
 
 def _parse_dims(items: Sequence[str]) -> dict[str, int]:
@@ -807,9 +872,78 @@ def _cost_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``greencc serve``."""
+    try:
+        from greencc.serve.engines import run_local, run_ray
+    except ImportError as exc:
+        raise UsageError(f"serving needs the serve extra ({exc.name} is missing)",
+                         hint="pip install 'greencc[serve]'") from None
+    from greencc.serve.payload import Limits
+    from greencc.serve.service import Service, ServiceOptions
+    from greencc.serve.variants import load_variants
+
+    options = ServiceOptions(
+        latency_target_ms=args.latency_target_ms, max_wait_ms=args.max_wait_ms, max_batch=args.max_batch,
+        policy=args.policy, variant=args.variant, fidelity_floor=args.fidelity_floor,
+        carbon_signal=args.carbon_signal, carbon_threshold=args.carbon_threshold,
+        energy_budget_j_per_hour=args.energy_budget, power_cap_w=args.power_cap, interval_s=args.policy_interval,
+        limits=Limits(max_body_bytes=args.max_body_bytes), grid_intensity=args.grid_intensity, pue=args.pue,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("greencc serve: %(message)s"))
+    serve_log = logging.getLogger("greencc.serve")
+    serve_log.addHandler(handler)
+    serve_log.setLevel(logging.INFO)
+    if args.engine == "ray":
+        run_ray(args.artifacts, options, threads=args.threads, host=args.host, port=args.port,
+                replicas=args.replicas)
+        return 0
+    service = Service(load_variants(args.artifacts, args.threads), options)
+    described = service.describe()
+    serve_log.info("variants: %s; policy %s; energy %s", ", ".join(
+        f"{v['name']} (fidelity {v['fidelity']:.6f}, {v['energy_mj']} mJ)" for v in described["variants"]),
+        described["policy"], described["energy"])
+    for excluded in described["excluded"]:
+        serve_log.info("below the fidelity floor, never served: %s", excluded)
+    serve_log.info("listening on http://%s:%d (POST /v1/infer, GET /metrics)", args.host, args.port)
+    run_local(service, args.host, args.port)
+    return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} must be comma-separated integers", hint=f"e.g. {flag} 1,2,4") from None
+    if not values or min(values) < 1:
+        raise UsageError(f"{flag} {text!r} must list positive integers", hint=f"e.g. {flag} 1,2,4")
+    return values
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    """``greencc advise``."""
+    from greencc.serve.advise import advise
+    from greencc.target import CompiledModel
+
+    compiled = CompiledModel.load(args.artifact)
+    threads = _int_list(args.threads, "--threads") if args.threads else None
+    advice = advise(compiled, args.slo_ms, threads=threads, batches=tuple(_int_list(args.batch, "--batch")),
+                    window_s=args.window)
+    _out(json.dumps(advice.to_dict(), indent=2) if args.json else advice.to_text())
+    if args.html:
+        from greencc.report.html import write_html
+
+        if compiled.report is None:
+            raise UsageError(f"{args.artifact} holds no report to add the curve to", hint="compile it again")
+        _out(f"wrote {write_html(compiled.report, args.html, advice.to_dict())}")
+    return 0
+
+
 COMMANDS = {
     "compile": cmd_compile, "inspect": cmd_inspect, "passes": cmd_passes, "targets": cmd_targets,
     "bench": cmd_bench, "generate": cmd_generate, "report": cmd_report, "repro": cmd_repro, "cost": cmd_cost,
+    "serve": cmd_serve, "advise": cmd_advise,
 }
 
 

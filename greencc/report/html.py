@@ -34,8 +34,9 @@ td.text,th.text{text-align:left}.plots svg{max-width:100%;height:auto}.note{colo
 """
 
 
-def render_html(report: Report) -> str:
-    """The report as one self-contained HTML page (text)."""
+def render_html(report: Report, advice: dict[str, Any] | None = None) -> str:
+    """The report as one self-contained HTML page (text); ``advice`` (``Advice.to_dict()``
+    from ``greencc advise``) adds the energy-vs-threads-and-batch curve."""
     plots = _plots(report)
     profile = report.profile["name"] if report.profile else "-"
     dims = ", ".join(f"{k}={v}" for k, v in report.dims.items()) or "static shapes"
@@ -56,6 +57,8 @@ def render_html(report: Report) -> str:
     ]
     if report.search:
         parts += ["<h2>Search: Pareto front</h2>", plots.get("pareto", "")]
+    if advice is not None:
+        parts += ["<h2>Serving advice: energy per inference vs threads and batch</h2>", _advice_section(advice)]
     parts += ["<h2>Every energy figure</h2>", _figures_table(report)]
     if plots.get("missing"):
         parts.append(f'<p class="note">{_e(plots["missing"])}</p>')
@@ -63,10 +66,10 @@ def render_html(report: Report) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_html(report: Report, path: str | os.PathLike) -> Path:
+def write_html(report: Report, path: str | os.PathLike, advice: dict[str, Any] | None = None) -> Path:
     """Write :func:`render_html` to ``path`` atomically; returns the path."""
     path = Path(path)
-    text = render_html(report)
+    text = render_html(report, advice)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -156,6 +159,48 @@ def _figures_table(report: Report) -> str:
             for f in report.energy_figures()]
     factors = f'<p class="note">carbon: {_e(report.factors().describe())}</p>'
     return _table(["kind", "method", "original mJ", "final mJ", "ratio", "final gCO2e / 1k"], rows, {0, 1}) + factors
+
+
+def _advice_section(advice: dict[str, Any]) -> str:
+    best = advice.get("best") or {}
+    rows = [[str(p["threads"]), str(p["batch"]), f"{p['batch_ms']:.3f}", f"{p['inferences_per_s']:.1f}",
+             f"{p['j_per_inference'] * 1e3:.4f}", "yes" if p["within_slo"] else "no",
+             "best" if best and (p["threads"], p["batch"]) == (best["threads"], best["batch"]) else ""]
+            for p in advice["points"]]
+    table = _table(["threads", "batch", "batch ms", "inferences/s", "mJ/inference",
+                    f"within {advice['slo_ms']:g} ms", ""], rows, {6})
+    pick = (f"recommended: {best['threads']} threads, batches of {best['batch']}" if best
+            else f"no setting meets {advice['slo_ms']:g} ms")
+    knobs = "; ".join(f"{k}: {v}" for k, v in advice.get("knobs", {}).items())
+    return (_advice_plot(advice) + table + f'<p class="note">{_e(pick)} — energy {_e(advice["label"])}</p>'
+            + f'<p class="note">{_e(knobs)}</p>')
+
+
+def _advice_plot(advice: dict[str, Any]) -> str:
+    try:
+        import matplotlib
+        from matplotlib.figure import Figure
+    except ImportError:
+        return ""
+
+    def draw(figure: Any) -> None:
+        """mJ/inference against batch size, one line per thread count; filled markers meet the
+        latency target, hollow ones miss it."""
+        ax = figure.subplots()
+        for threads in sorted({p["threads"] for p in advice["points"]}):
+            points = [p for p in advice["points"] if p["threads"] == threads]
+            line = ax.plot([p["batch"] for p in points], [p["j_per_inference"] * 1e3 for p in points],
+                           label=f"{threads} thread(s)")[0]
+            ax.scatter([p["batch"] for p in points], [p["j_per_inference"] * 1e3 for p in points],
+                       facecolors=[line.get_color() if p["within_slo"] else "none" for p in points],
+                       edgecolors=line.get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(f"mJ/inference ({'measured' if advice['measured'] else 'estimated'})")
+        ax.legend()
+
+    with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9, "svg.hashsalt": "greencc"}):
+        return _svg(Figure, draw)
 
 
 def _fidelity_note(report: Report) -> str:
