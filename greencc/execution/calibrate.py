@@ -34,11 +34,16 @@ from greencc.cost.kernel_model import (
 )
 from greencc.cost.profile import HardwareProfile
 from greencc.errors import GreenccError, UsageError
-from greencc.execution.microbenchmarks import MicroBenchmark, default_benchmarks, quick_benchmarks
+from greencc.execution.microbenchmarks import (
+    QUICK_DECISIVE,
+    MicroBenchmark,
+    default_benchmarks,
+    quick_benchmarks,
+)
 from greencc.frontend.onnx_file import load
 from greencc.ir.io import save_model
 from greencc.model import Model
-from greencc.target import Target, resolve_target
+from greencc.target import CompiledModel, Target, resolve_target
 from greencc.verify.feeds import random_feeds
 
 log = logging.getLogger(__name__)
@@ -54,10 +59,10 @@ HOST_PROFILE_MODES = ("calibrate", "detect", "off")
 HOST_TARGETS = ("ort-cpu", "tvm-llvm")
 QUICK_CALIBRATED_TARGETS = ("ort-cpu",)
 # Seconds each quick micro-benchmark is timed for (one round): the suite then takes
-# about 15 s on 2 cores, sessions and fit included.
+# about 8 s on 2 quiet cores, sessions and fit included.
 QUICK_MIN_TIME_S = 0.1
-# Seconds a quick calibration may take before it gives up (a busy machine).
-QUICK_BUDGET_S = 30.0
+# Seconds a quick calibration may take: no micro-benchmark starts after it (a busy machine).
+QUICK_BUDGET_S = 25.0
 
 # --------------------------------------------------------------------------------------
 # Running the calibration
@@ -112,6 +117,10 @@ class BackgroundLoad:
         return {"other_cores": self.other_cores, "steal_cores": self.steal_cores, "noisy": self.noisy}
 
 
+class BudgetExhaustedError(UsageError):
+    """A calibration's time budget ran out before it timed any micro-benchmark."""
+
+
 def calibrate(
     target: Any = "ort-cpu",
     *,
@@ -120,6 +129,8 @@ def calibrate(
     min_time_s: float = 0.25,
     rounds: int = 2,
     progress: Callable[[str, int, int], None] | None = None,
+    budget_s: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Calibration:
     """Run the micro-benchmarks on ``target`` and fit its calibrated profile (not saved).
 
@@ -128,6 +139,11 @@ def calibrate(
     least ``min_time_s`` seconds (median of calls after a warm-up); the lowest round median
     counts, so a transient slowdown from another tenant does not. ``progress(name, done,
     total)`` is called before each step.
+
+    With ``budget_s``, no step starts once ``budget_s`` seconds (read on ``clock``) have
+    passed: the fit uses the benchmarks timed by then, in suite order, and its ``fit``
+    records them (``covered``), the rest (``skipped``) and ``elapsed_s``;
+    :class:`BudgetExhaustedError` when the budget covers no benchmark.
     """
 
     options = {"threads": threads} if threads is not None else {}
@@ -141,40 +157,65 @@ def calibrate(
     suite = list(benchmarks if benchmarks is not None else default_benchmarks())
     if not suite:
         raise UsageError("calibration needs at least one micro-benchmark")
+    started = clock()
+
+    def out_of_time() -> bool:
+        return budget_s is not None and clock() - started > budget_s
 
     steps = len(suite) * (1 + rounds)
-    prepared = []
+    prepared: list[tuple[CompiledModel, dict[str, np.ndarray]]] = []
     features: list[NodeFeatures] = []
-    for done, bench in enumerate(suite):
-        if progress is not None:
-            progress(f"preparing {bench.name}", done, steps)
-        model = load(bench.build())
-        compiled = resolved.lower(model)
-        prepared.append((compiled, compiled.check_feeds(random_feeds(model, seed=0))))
-        features.append(node_features(target_graph(model), start))
     medians = np.full((rounds, len(suite)), np.inf)
+
+    def time_one(round_index: int, i: int) -> None:
+        if progress is not None:
+            progress(suite[i].name, len(suite) * (1 + round_index) + i, steps)
+        compiled, feeds = prepared[i]
+        medians[round_index, i] = compiled.benchmark(feeds, warmup=3, repeats=10, min_time_s=min_time_s).median_ms
+
     with BackgroundLoad() as load_meter:
-        for round_index in range(rounds):
-            for i, (bench, (compiled, feeds)) in enumerate(zip(suite, prepared, strict=True)):
-                if progress is not None:
-                    progress(bench.name, len(suite) * (1 + round_index) + i, steps)
-                stats = compiled.benchmark(feeds, warmup=3, repeats=10, min_time_s=min_time_s)
-                medians[round_index, i] = stats.median_ms
+        # Round 0 times each benchmark right after preparing it, so a budget that runs out
+        # leaves the first benchmarks of the suite timed, not every one prepared and none timed.
+        for done, bench in enumerate(suite):
+            if out_of_time():
+                break
+            if progress is not None:
+                progress(f"preparing {bench.name}", done, steps)
+            model = load(bench.build())
+            compiled = resolved.lower(model)
+            prepared.append((compiled, compiled.check_feeds(random_feeds(model, seed=0))))
+            features.append(node_features(target_graph(model), start))
+            if not out_of_time():
+                time_one(0, done)
+        for round_index in range(1, rounds):
+            for i in range(len(prepared)):
+                if out_of_time():
+                    break
+                time_one(round_index, i)
+    timed = [i for i in range(len(prepared)) if np.isfinite(medians[:, i]).any()]
+    if not timed:
+        raise BudgetExhaustedError(f"the calibration's budget of {budget_s} s ran out before any micro-benchmark "
+                                   "was timed", hint="give it more time (budget_s), or calibrate on a quieter machine")
     results = [
-        BenchmarkResult(bench.name, bench.op_class, bench.dtype, float(medians[:, i].min()),
-                        nodes=len(compiled.model.graph))
-        for i, (bench, (compiled, _)) in enumerate(zip(suite, prepared, strict=True))
+        BenchmarkResult(suite[i].name, suite[i].op_class, suite[i].dtype, float(medians[:, i].min()),
+                        nodes=len(prepared[i][0].model.graph))
+        for i in timed
     ]
     if progress is not None:
         progress("fitting", steps, steps)
     calibration = fit_calibration(
-        resolved.name, threads_used, start, template, results, features, min_time_s=min_time_s,
-        greencc_version=__version__,
+        resolved.name, threads_used, start, template, results, [features[i] for i in timed],
+        min_time_s=min_time_s, greencc_version=__version__,
     )
+    measured = np.where(np.isfinite(medians[:, timed]), medians[:, timed], np.nan)  # a round cut short
     calibration.fit["rounds"] = rounds
-    calibration.fit["round_spread_pct"] = float(np.median(100 * (medians.max(0) / medians.min(0) - 1)))
+    calibration.fit["round_spread_pct"] = float(np.median(100 * (np.nanmax(measured, 0) / np.nanmin(measured, 0) - 1)))
     calibration.fit["background_load"] = load_meter.to_dict()
-    calibration.fit["features"] = [f.to_dict() for f in features]
+    calibration.fit["features"] = [features[i].to_dict() for i in timed]
+    if budget_s is not None:
+        calibration.fit["covered"] = [suite[i].name for i in timed]
+        calibration.fit["skipped"] = [bench.name for i, bench in enumerate(suite) if i not in timed]
+        calibration.fit["elapsed_s"] = clock() - started
     return calibration
 
 
@@ -287,46 +328,49 @@ def machine_profile(target: Target) -> HardwareProfile | None:
     return host_profile(target.name, int(threads), HardwareProfile.named(type(target).profile_name))
 
 
-class _OverBudget(Exception):
-    """The quick calibration ran past its budget (raised from its progress callback)."""
-
-
 def quick_calibration(target: Target, *, benchmarks: Sequence[MicroBenchmark] | None = None,
-                      min_time_s: float = QUICK_MIN_TIME_S, budget_s: float = QUICK_BUDGET_S) -> Calibration | None:
+                      min_time_s: float = QUICK_MIN_TIME_S, budget_s: float = QUICK_BUDGET_S,
+                      clock: Callable[[], float] = time.perf_counter) -> Calibration | None:
     """Calibrate ``target`` on the quick suite (:func:`quick_benchmarks`, one round of
-    ``min_time_s`` seconds each) and save it where :func:`find_calibration` finds it; the
-    record's ``fit`` says ``suite: quick`` and its wall time (s). ``None``, with nothing
-    saved, when it runs past ``budget_s`` seconds or other work kept the machine busy
-    (its timings would be wrong for good). ``greencc cost calibrate`` later replaces it
-    with a fit of the full suite."""
+    ``min_time_s`` seconds each) within ``budget_s`` seconds (read on ``clock``) and save it
+    where :func:`find_calibration` finds it; the record's ``fit`` says ``suite: quick``, its
+    wall time (s) and which benchmarks the budget covered. The suite runs what -O3 decides
+    on first (:data:`QUICK_DECISIVE`): a budget that stops before those are timed, or other
+    work keeping the machine busy (the timings would be wrong for good), saves nothing and
+    returns ``None``. ``greencc cost calibrate`` later replaces it with a fit of the full suite."""
     log.warning("greencc: calibrating %s (%s threads) on this machine once, at most %.0f s "
                 "(saved for later runs; %s=detect skips it)", target.name, target.options.get("threads"),
                 budget_s, HOST_PROFILE_ENV)
-    started = time.perf_counter()
-
-    def deadline(name: str, done: int, total: int) -> None:
-        if time.perf_counter() - started > budget_s:
-            raise _OverBudget(name)
-
+    suite = quick_benchmarks() if benchmarks is None else list(benchmarks)
+    started = clock()
     try:
-        calibration = calibrate(target, benchmarks=quick_benchmarks() if benchmarks is None else benchmarks,
-                                min_time_s=min_time_s, rounds=1, progress=deadline)
-    except _OverBudget as stopped:
-        log.warning("greencc: the quick calibration ran past %.0f s (at %s): is the machine busy? "
-                    "Nothing saved", budget_s, stopped)
+        calibration = calibrate(target, benchmarks=suite, min_time_s=min_time_s, rounds=1,
+                                budget_s=budget_s, clock=clock)
+    except BudgetExhaustedError:
+        log.warning("greencc: the quick calibration ran out of its %.0f s before timing anything: is the "
+                    "machine busy? Nothing saved", budget_s)
         return None
-    wall_s = time.perf_counter() - started
+    wall_s = clock() - started
+    missing = [name for name in QUICK_DECISIVE if name in {b.name for b in suite}
+               and name not in calibration.fit["covered"]]
+    if missing:
+        log.warning("greencc: the quick calibration ran out of its %.0f s before timing %s: is the machine "
+                    "busy? Nothing saved", budget_s, ", ".join(missing))
+        return None
     if calibration.fit["background_load"]["noisy"]:
         log.warning("greencc: other work used %.1f core(s) during the quick calibration: nothing saved",
                     calibration.fit["background_load"]["other_cores"] or 0.0)
         return None
     calibration.fit["suite"] = "quick"
     calibration.fit["wall_s"] = wall_s
+    skipped = calibration.fit["skipped"]
     profile = calibration.profile
     profile.description = f"{profile.description}: quick calibration on first use"
-    profile.calibration_note = (f"quick calibration on first use ({wall_s:.0f} s; `greencc cost calibrate` "
-                                f"fits the full suite): {profile.calibration_note}")
+    covered = f"{len(calibration.fit['covered'])} of {len(suite)} micro-benchmarks" + (
+        f" (the budget skipped {', '.join(skipped)})" if skipped else "")
+    profile.calibration_note = (f"quick calibration on first use ({wall_s:.0f} s, {covered}; `greencc cost "
+                                f"calibrate` fits the full suite): {profile.calibration_note}")
     path = calibration.save()
-    log.warning("greencc: calibrated %s in %.1f s (fit error median %.1f%%), saved as %s",
-                target.name, wall_s, calibration.fit["median_abs_pct"], path)
+    log.warning("greencc: calibrated %s in %.1f s (%s; fit error median %.1f%%), saved as %s",
+                target.name, wall_s, covered, calibration.fit["median_abs_pct"], path)
     return calibration

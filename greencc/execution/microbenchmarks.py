@@ -60,6 +60,13 @@ def _rand(shape: Sequence[int], dtype: Any = np.float32, seed: int = 0) -> np.nd
 F = TensorProto.FLOAT
 
 
+def _rows(elements: int, width: int = 1024) -> list[int]:
+    """A 2-D shape of ``elements`` (rows of ``width``): ONNX's shape inference with data
+    propagation, which the cost model runs, takes seconds on a 1-D tensor of millions of
+    elements (it treats any 1-D tensor as a possible shape) and none on the same 2-D one."""
+    return [elements // width, width] if elements >= width else [elements]
+
+
 def _matmul(m: int, k: int, n: int, batch: Sequence[int] = ()) -> Callable[[], onnx.ModelProto]:
     def build() -> onnx.ModelProto:
         if batch:  # activations on both sides, as attention's QKᵀ and ·V
@@ -345,7 +352,7 @@ def default_benchmarks() -> list[MicroBenchmark]:
         b("where 1x2x16x16 x8", "elementwise", "float32", _chained(_where(2, 16, 1), 8, data_input=1)),
         b("transpose 2x16x2x16 x8", "data-movement", "float32",
           _chained(_transpose([2, 16, 2, 16], [0, 2, 1, 3]), 8)),
-        b("relu 64K x8", "elementwise", "float32", _chained(_unary("Relu", [65536]), 8)),
+        b("relu 64K x8", "elementwise", "float32", _chained(_unary("Relu", _rows(65536)), 8)),
         b("attention 1x16x32 h2 x4", "matmul", "float32", _chained(_attention(1, 16, 32, 2), 4)),
         # MatMul / Gemm across shapes (weights as initializers, as in a model).
         b("matmul 1x384x384", "matmul", "float32", _matmul(1, 384, 384)),
@@ -369,14 +376,14 @@ def default_benchmarks() -> list[MicroBenchmark]:
         b("conv 1x32->64 56x56", "conv", "float32", _conv(1, 32, 64, 56)),
         b("conv 8x16->32 28x28", "conv", "float32", _conv(8, 16, 32, 28)),
         # Elementwise: cache-resident to DRAM-sized, cheap and transcendental.
-        b("add 4K", "elementwise", "float32", _binary("Add", [4096])),
-        b("add 256K", "elementwise", "float32", _binary("Add", [262144])),
-        b("add 4M", "elementwise", "float32", _binary("Add", [4 << 20])),
-        b("add 32M", "elementwise", "float32", _binary("Add", [32 << 20])),
-        b("mul 1M", "elementwise", "float32", _binary("Mul", [1 << 20])),
-        b("relu 64K", "elementwise", "float32", _unary("Relu", [65536])),
-        b("relu 16M", "elementwise", "float32", _unary("Relu", [16 << 20])),
-        b("relu 96M", "elementwise", "float32", _unary("Relu", [96 << 20])),
+        b("add 4K", "elementwise", "float32", _binary("Add", _rows(4096))),
+        b("add 256K", "elementwise", "float32", _binary("Add", _rows(262144))),
+        b("add 4M", "elementwise", "float32", _binary("Add", _rows(4 << 20))),
+        b("add 32M", "elementwise", "float32", _binary("Add", _rows(32 << 20))),
+        b("mul 1M", "elementwise", "float32", _binary("Mul", _rows(1 << 20))),
+        b("relu 64K", "elementwise", "float32", _unary("Relu", _rows(65536))),
+        b("relu 16M", "elementwise", "float32", _unary("Relu", _rows(16 << 20))),
+        b("relu 96M", "elementwise", "float32", _unary("Relu", _rows(96 << 20))),
         b("where 1x12x128x128", "elementwise", "float32", _where(12, 128)),
         b("where 8x2x16x16", "elementwise", "float32", _where(2, 16, 8)),
         b("where 1x2x16x16", "elementwise", "float32", _where(2, 16, 1)),
@@ -387,8 +394,8 @@ def default_benchmarks() -> list[MicroBenchmark]:
         b("gelu 16x64", "elementwise", "float32", _gelu(16, 64)),
         b("ms gelu 128x1536", "elementwise", "float32", _gelu(128, 1536, "com.microsoft")),
         b("isnan 12x128x128", "elementwise", "float32", _unary("IsNaN", [12, 128, 128], out_type=TensorProto.BOOL)),
-        b("exp 256K", "elementwise", "float32", _unary("Exp", [262144])),
-        b("erf 1M", "elementwise", "float32", _unary("Erf", [1 << 20])),
+        b("exp 256K", "elementwise", "float32", _unary("Exp", _rows(262144))),
+        b("erf 1M", "elementwise", "float32", _unary("Erf", _rows(1 << 20))),
         b("biasgelu 128x1536", "elementwise", "float32", _bias_gelu(128, 1536)),
         b("biasgelu 1024x1536", "elementwise", "float32", _bias_gelu(1024, 1536)),
         # Reductions, softmax, normalization.
@@ -432,22 +439,29 @@ def default_benchmarks() -> list[MicroBenchmark]:
 
 
 
-# The quick suite: enough to fit the terms a profile carries (float32 and int8 throughput,
-# bandwidth per memory level, dispatch and per-inference overhead) and the kernels a
-# transformer's int8 decision weighs (quantizing activations, casts, scale multiplies).
+# The quick suite, in the order a first use runs it (a time budget may stop it early): first
+# what the -O3 int8 decision weighs per layer — float and int8 MatMul at a transformer's
+# shapes, quantizing activations, casts and scale multiplies, dispatch overhead —, then the
+# bandwidth of each cache level, then the other terms a profile carries. No DRAM-sized
+# tensors: on a machine with a large L3 they would not reach DRAM anyway, and building them
+# costs seconds.
+QUICK_DECISIVE = (
+    "neg[1]x1", "neg[1]x64", "matmul 128x384x384", "matmulinteger 128x384x384",
+    "matmul 128x384x1536", "matmulinteger 128x384x1536", "matmul 1x384x384", "matmulinteger 1x384x384",
+    "dynamicquantize 128x384", "cast 128x384", "mul 1M", "add 4K", "add 256K", "add 4M",
+)
 QUICK_BENCHMARKS = (
-    "neg[1]x1", "neg[1]x16", "neg[1]x64", "shape ops x4", "add [16,32]x16",
-    "matmul 1x384x384", "matmul 16x32x32", "matmul 128x384x384", "matmul 128x384x1536",
-    "matmul 512x512x512", "matmul 128x384x384 x4", "gemm 128x384x384", "bmm 12x128x32x128",
-    "add 4K", "add 256K", "add 4M", "add 32M", "mul 1M", "relu 64K", "cast 128x384",
-    "gelu 128x1536", "softmax 12x128x128", "layernorm 128x384", "skiplayernorm 128x384",
+    *QUICK_DECISIVE,
+    "neg[1]x16", "shape ops x4", "add [16,32]x16", "matmul 16x32x32", "matmul 512x512x512",
+    "matmul 128x384x384 x4", "gemm 128x384x384", "bmm 12x128x32x128", "matmulinteger 1024x384x1536",
+    "relu 64K", "gelu 128x1536", "softmax 12x128x128", "layernorm 128x384", "skiplayernorm 128x384",
     "attention 1x128x384 h12", "transpose 12x128x32", "gather 30522x384 [128]",
-    "matmulinteger 1x384x384", "matmulinteger 128x384x384", "matmulinteger 128x384x1536",
-    "matmulinteger 1024x384x1536", "dynamicquantize 128x384",
 )
 
 
 def quick_benchmarks() -> list[MicroBenchmark]:
     """The subset of :func:`default_benchmarks` a first-use calibration runs (a third of
-    the suite): the profile's global terms, not every kernel's efficiency."""
-    return [bench for bench in default_benchmarks() if bench.name in QUICK_BENCHMARKS]
+    the suite), in :data:`QUICK_BENCHMARKS` order: the profile's global terms, not every
+    kernel's efficiency; the first :data:`QUICK_DECISIVE` ones are what -O3 decides on."""
+    by_name = {bench.name: bench for bench in default_benchmarks()}
+    return [by_name[name] for name in QUICK_BENCHMARKS]

@@ -142,3 +142,37 @@ def test_a_busy_machine_saves_nothing_and_prices_on_the_detected_profile(monkeyp
     assert km.find_calibration("ort-cpu", 1) is None
     cal.machine_profile(resolve_target("ort-cpu", threads=1))
     assert tiny_suite == ["ort-cpu"]  # not retried in this process
+
+
+def test_the_quick_budget_stops_early_fits_what_it_covered_and_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                                      tiny_suite: list[str]) -> None:
+    # A fake clock: preparing a micro-benchmark (reading its features) takes 4 s, timing it none.
+    now = [0.0]
+    features = cal.node_features
+
+    def slow_features(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - a wrapper with the same signature
+        now[0] += 4.0
+        return features(*args, **kwargs)
+
+    monkeypatch.setattr(cal, "node_features", slow_features)
+    suite = [b for b in cal.default_benchmarks() if b.name in TINY.split("|")]
+    names = [b.name for b in suite]
+    target = resolve_target("ort-cpu", threads=1)
+    # 10 s covers the first two (prepared at 4 s and 8 s); the third is prepared at 12 s, not timed.
+    monkeypatch.setattr(cal, "QUICK_DECISIVE", tuple(names[:2]))
+    calibration = cal.quick_calibration(target, benchmarks=suite, min_time_s=0.01, budget_s=10.0,
+                                        clock=lambda: now[0])
+    assert calibration is not None
+    assert calibration.fit["covered"] == names[:2] and calibration.fit["skipped"] == names[2:]
+    assert calibration.fit["wall_s"] == 12.0 and len(calibration.fit["features"]) == 2
+    saved = km.find_calibration("ort-cpu", 1)
+    assert saved is not None and saved.fit["covered"] == names[:2]
+    assert f"2 of 4 micro-benchmarks (the budget skipped {', '.join(names[2:])})" in saved.profile.calibration_note
+
+    # A budget that ends before what -O3 decides on is timed saves nothing.
+    km.calibration_path("ort-cpu-1threads").unlink()
+    now[0] = 0.0
+    monkeypatch.setattr(cal, "QUICK_DECISIVE", tuple(names[:3]))
+    assert cal.quick_calibration(target, benchmarks=suite, min_time_s=0.01, budget_s=10.0,
+                                 clock=lambda: now[0]) is None
+    assert km.find_calibration("ort-cpu", 1) is None
