@@ -9,8 +9,12 @@ OPT, Phi).
 
 The graph keeps its signature: the fused op's present outputs become ``present.{i}.key`` /
 ``present.{i}.value``. The model's own additive mask is passed as ``attention_bias`` (it
-already holds the causal and padding rules, so left padding stays exact); rotary
-embeddings (``fuse-rotary``'s RotaryEmbedding) are re-applied to the 3-D projections.
+already holds the causal and padding rules, so left padding stays exact). Rotary
+embeddings (``fuse-rotary``'s RotaryEmbedding) move inside GroupQueryAttention
+(``do_rotary`` with the model's ``position_ids``, so every row keeps its own positions)
+where the kernel can take them, else they are re-applied to the 3-D projections. With the
+rotation inside, Q, K and V projections of one input pack into one MatMul whose output is
+GroupQueryAttention's packed QKV: one weight read and one kernel call instead of three.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from greencc.pipeline.base import register_pass
 GROUP_QUERY_ATTENTION = f"{CONTRIB_DOMAIN}::GroupQueryAttention"
 MULTI_HEAD_ATTENTION = f"{CONTRIB_DOMAIN}::MultiHeadAttention"
 # GroupQueryAttention's input slots (onnxruntime's contrib schema).
-_GQA_ATTENTION_BIAS, _GQA_QUERY_SEQLENS = 10, 16
+_GQA_COS_CACHE, _GQA_POSITION_IDS, _GQA_ATTENTION_BIAS, _GQA_QUERY_SEQLENS = 7, 9, 10, 16
+# onnxruntime's CPU kernel rotates inside GroupQueryAttention only for head sizes of 16·n.
+_GQA_ROTARY_HEAD_MULTIPLE = 16
 
 _RAW_SCORES = Op(
     "MatMul",
@@ -155,8 +161,12 @@ class FuseDecoderAttention(Rule):
     ``query_seqlens = seq`` derived from ``attention_mask``'s and the query's shapes (every
     row appends all its new tokens, as Concat does; padding is in the mask) and
     ``causal=1``; rows whose keys are all masked (left padding of a prompt, whose outputs
-    are discarded) differ from the model. Declines without a KV cache, a mask (GQA), static
-    head counts, or target support.
+    are discarded) differ from the model. A whole-head, unscaled RotaryEmbedding shared by
+    Q and K moves inside GroupQueryAttention (``do_rotary=1``, cos/sin caches and the
+    graph's ``position_ids``) when the head size is a multiple of 16; Q, K and V MatMuls of
+    one input with constant weights (biases too) then pack into one MatMul feeding the
+    packed-QKV input. Declines without a KV cache, a mask (GQA), static head counts, or
+    target support.
     """
 
     pattern = PATTERN
@@ -229,6 +239,9 @@ class FuseDecoderAttention(Rule):
         m["query"], m["key"], m["value"] = query, key, value
         m["key_cache"], m["value_cache"], m["k_transpose"] = key_cache, value_cache, k_transpose
         m["scale"], m["head_size"], m["grouped"] = scale, head_size, grouped
+        m["fold_rotary"] = grouped and query.rotary is not None and _rotary_folds(query, key, head_size, run)
+        m["packed"] = (_packed_projections(query, key, value)
+                       if grouped and (m["fold_rotary"] or query.rotary is None) else None)
         return run.unsupported_reason(GROUP_QUERY_ATTENTION if grouped else MULTI_HEAD_ATTENTION)
 
     def rewrite(self, m: Match, run: FusionRun) -> None:
@@ -237,23 +250,33 @@ class FuseDecoderAttention(Rule):
         graph = m.root.graph
         assert graph is not None
         extra: list[ir.Node] = []
-        q, k = query.value, key.value
-        if query.rotary is not None:
+        q, k, v = query.value, key.value, value.value
+        packed_from: list[ir.Node] = []
+        if query.rotary is not None and not m["fold_rotary"]:
             q_rot = _rotary_3d(query, m["head_size"], run, extra)
             k_rot = _rotary_3d(key, m["head_size"], run, extra)
             q, k = q_rot, k_rot
+        if m["packed"] is not None:
+            q, packed_from = _pack_projections(m["packed"], run, m.root, extra), m["packed"].nodes
+            k = v = None
         run.fused_away([m["qk"], m["softmax"], m["context"], m["context_t"]])
         if m["grouped"]:
             if id(graph) not in self._lengths:
                 self._lengths[id(graph)] = _sequence_lengths(run, graph, query.value)
             seqlens_k, total, query_seqlens = self._lengths[id(graph)]
-            inputs: list[ir.Value | None] = [q, k, value.value, key_concat.inputs[0], value_concat.inputs[0],
+            inputs: list[ir.Value | None] = [q, k, v, key_concat.inputs[0], value_concat.inputs[0],
                                              seqlens_k, total]
+            attributes = {"num_heads": query.heads, "kv_num_heads": key.heads, "scale": float(m["scale"]), "causal": 1}
+            if m["fold_rotary"]:
+                rotary = query.rotary
+                assert rotary is not None
+                inputs += [rotary.inputs[2], rotary.inputs[3], rotary.inputs[1]]
+                attributes["do_rotary"] = 1
+                attributes["rotary_interleaved"] = _int(rotary, "interleaved")
             inputs += [None] * (_GQA_ATTENTION_BIAS - len(inputs)) + [m.values.get("bias")]
             inputs += [None] * (_GQA_QUERY_SEQLENS - len(inputs)) + [query_seqlens]
             fused = run.new_node(
-                "GroupQueryAttention", inputs,
-                {"num_heads": query.heads, "kv_num_heads": key.heads, "scale": float(m["scale"]), "causal": 1},
+                "GroupQueryAttention", inputs, attributes,
                 anchor=m.node("softmax"), domain=CONTRIB_DOMAIN, output_names=["gqa_out", "present_key", "present_value"],
             )
         else:
@@ -276,7 +299,92 @@ class FuseDecoderAttention(Rule):
         run.replace(m.output, last, result, site, before=m.root, extra_nodes=extra)
         for old, new in ((key_concat.outputs[0], fused.outputs[1]), (value_concat.outputs[0], fused.outputs[2])):
             redirect(graph, old, new, before=fused, replaced=site)
-        remove_unused([*site, *_shape_feeders(site)])
+        remove_unused([*site, *_shape_feeders(site), *packed_from])
+
+
+def _int(node: ir.Node, name: str, default: int = 0) -> int:
+    attr = node.attributes.get(name)
+    return attr.as_int() if attr is not None else default
+
+
+def _rotary_folds(query: Projection, key: Projection, head_size: int, run: FusionRun) -> bool:
+    """Whether GroupQueryAttention can rotate ``query`` and ``key`` itself: both use one
+    RotaryEmbedding form (same positions from a graph input, caches, layout) over the whole
+    head, unscaled, and the head size is one onnxruntime's kernel rotates."""
+    q_rot, k_rot = query.rotary, key.rotary
+    assert q_rot is not None and k_rot is not None
+    if any(a is not b for a, b in zip(q_rot.inputs[1:4], k_rot.inputs[1:4], strict=True)):
+        return False
+    positions, cos = q_rot.inputs[1], q_rot.inputs[2]
+    if positions is None or not positions.is_graph_input() or positions.dtype != ir.DataType.INT64:
+        return False
+    cos_shape = run.shape(cos) if cos is not None else None
+    for node in (q_rot, k_rot):
+        scale = node.attributes.get("scale")
+        if (scale is not None and scale.as_float() != 1.0) or _int(node, "is_packed_batching"):
+            return False
+        if _int(node, "rotary_embedding_dim") not in (0, head_size) or _int(node, "interleaved") != _int(q_rot, "interleaved"):
+            return False
+    return (head_size % _GQA_ROTARY_HEAD_MULTIPLE == 0 and cos_shape is not None and len(cos_shape) == 2
+            and cos_shape[1] == head_size // 2)
+
+
+@dataclass
+class PackedProjections:
+    """Q, K and V as MatMul(x, W) [+ b] of one ``x`` with constant weights (and biases):
+    the nodes computing them, their weights and biases in Q, K, V order."""
+
+    x: ir.Value
+    weights: list[np.ndarray]
+    biases: list[np.ndarray] | None
+    nodes: list[ir.Node]
+
+
+def _packed_projections(*projections: Projection) -> PackedProjections | None:
+    """The MatMuls (and bias Adds) behind ``projections`` when they read one input with
+    constant [K, N] weights and nothing else reads their results; else ``None``."""
+    x: ir.Value | None = None
+    weights: list[np.ndarray] = []
+    biases: list[np.ndarray] = []
+    nodes: list[ir.Node] = []
+    for projection in projections:
+        value = projection.value
+        if len(value.uses()) != 1:
+            return None
+        add = _producer(value, "Add")
+        if add is not None:
+            bias = constant_array(add.inputs[1]) if add.inputs[1] is not None else None
+            if bias is None or np.ndim(bias) != 1 or len(add.inputs[0].uses()) != 1:
+                return None
+            biases.append(np.asarray(bias))
+            nodes.append(add)
+            value = add.inputs[0]
+        matmul = _producer(value, "MatMul")
+        weight = constant_array(matmul.inputs[1]) if matmul is not None and matmul.inputs[1] is not None else None
+        if matmul is None or weight is None or np.ndim(weight) != 2 or (x is not None and matmul.inputs[0] is not x):
+            return None
+        x = matmul.inputs[0]
+        weights.append(np.asarray(weight))
+        nodes.append(matmul)
+    if x is None or len(biases) not in (0, len(projections)) or len({w.shape[0] for w in weights}) != 1:
+        return None
+    if len({w.dtype for w in weights}) != 1:
+        return None
+    return PackedProjections(x, weights, biases or None, nodes)
+
+
+def _pack_projections(packed: PackedProjections, run: FusionRun, anchor: ir.Node, extra: list[ir.Node]) -> ir.Value:
+    """One MatMul (and bias Add) computing Q|K|V side by side: GroupQueryAttention's packed input."""
+    graph = anchor.graph
+    assert graph is not None
+    weight = run.initializer(graph, "qkv_weight", np.concatenate(packed.weights, axis=1))
+    node = run.new_node("MatMul", [packed.x, weight], anchor=packed.nodes[-1], output_names=["qkv"])
+    extra.append(node)
+    if packed.biases is not None:
+        bias = run.initializer(graph, "qkv_bias", np.concatenate(packed.biases))
+        node = run.new_node("Add", [node.outputs[0], bias], anchor=packed.nodes[0], output_names=["qkv_biased"])
+        extra.append(node)
+    return node.outputs[0]
 
 
 def _graph_input(run: FusionRun, name: str) -> ir.Value | None:

@@ -33,10 +33,10 @@ EXPECTED = {
 RMSNORM_OPS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization")
 
 
-def _perturbed_norms(family: str):
+def _perturbed_norms(family: str, hidden: int = 32):
     """The tiny ``family`` decoder with seeded random norm weights (random init leaves them
     at one, which the exporter folds away), so the fused norms carry a real γ."""
-    module = copy.deepcopy(models.decoder_module(family))
+    module = copy.deepcopy(models.decoder_module(family, hidden=hidden))
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, parameter in module.named_parameters():
@@ -117,6 +117,41 @@ def test_o2_fuses_every_block_and_matches_pytorch_over_four_decode_steps(family)
     assert [v.name for v in compiled.model.graph.inputs] == [v.name for v in model.graph.inputs]
     assert [v.name for v in compiled.model.graph.outputs] == [v.name for v in model.graph.outputs]
     _assert_steps_match(module, compiled, spec)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_o2_rotates_inside_packed_group_query_attention_at_head_size_16(family) -> None:
+    """Head size 16 (hidden 64, 4 heads): the rotary moves into GroupQueryAttention with
+    the model's position_ids and Q/K/V pack into one MatMul (Qwen2's biases too); left
+    padding and four decode steps still match PyTorch."""
+    module = _perturbed_norms(family, hidden=64)
+    model = gc.from_torch(module)
+    spec = gc.DecoderSpec.of(model)
+    compiled = gc.compile(model, target="ort-cpu", pipeline="-O2")
+    ops = Counter(node.op_type for node in compiled.model.graph)
+    assert ops["RotaryEmbedding"] == 0 and ops["GroupQueryAttention"] == LAYERS
+    for node in compiled.model.graph:
+        if node.op_type != "GroupQueryAttention":
+            continue
+        assert node.attributes["do_rotary"].as_int() == 1
+        assert node.inputs[1] is None and node.inputs[2] is None  # packed QKV
+        assert node.inputs[9].name == "position_ids"
+        assert node.inputs[7].const_value.numpy().shape == (64, 8)  # max positions x head_size / 2
+        packed = node.inputs[0].producer()
+        while packed.op_type == "Add":
+            packed = packed.inputs[0].producer()
+        assert packed.op_type == "MatMul" and packed.inputs[1].const_value.numpy().shape == (64, 64 + 2 * 2 * 16)
+    _assert_steps_match(module, compiled, spec)
+
+
+def test_o2_keeps_rotary_outside_where_the_kernel_cannot_rotate() -> None:
+    """Head size 8 is below onnxruntime's multiple of 16: RotaryEmbedding stays on the 3-D
+    projections and Q, K, V stay separate."""
+    compiled = gc.compile(models.decoder_model("llama"), target="ort-cpu", pipeline="-O2")
+    for node in compiled.model.graph:
+        if node.op_type == "GroupQueryAttention":
+            assert "do_rotary" not in node.attributes
+            assert node.inputs[0].producer().op_type == "RotaryEmbedding" and node.inputs[2] is not None
 
 
 def test_the_fuse_row_counts_each_fusion() -> None:
