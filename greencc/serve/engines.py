@@ -10,6 +10,7 @@ single-machine default is uvicorn; with Ray, each replica keeps its own ``/metri
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from dataclasses import asdict
@@ -37,8 +38,15 @@ def uvicorn_server(service: Service, host: str = "127.0.0.1", port: int = 8000) 
 
 
 def run_local(service: Service, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until SIGTERM/SIGINT, then drain."""
-    uvicorn_server(service, host, port).run()
+    """Serve until SIGTERM/SIGINT, then drain; returns after a SIGTERM drain (Ctrl-C raises
+    ``KeyboardInterrupt`` after its drain)."""
+    # uvicorn re-raises the signal it drained on under the handler found at start: a no-op
+    # for SIGTERM makes a drained service exit 0 instead of dying of the signal.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn_server(service, host, port).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class BackgroundServer:
