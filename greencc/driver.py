@@ -354,7 +354,7 @@ def compile(  # noqa: A001 - the public verb of a compiler
     compiled = resolved.lower(optimized, ctx)
     compiled.report = report
     compiled.config = config
-    compiled.dims = dict(ctx.dims)
+    compiled.dims = _runnable_dims(ctx.dims, compiled)
     _warn_specialized(model, compiled)
     report.carbon_factors = factors.to_dict()
     if config.measure:
@@ -375,16 +375,30 @@ def compile(  # noqa: A001 - the public verb of a compiler
     return compiled
 
 
+def _runnable_dims(dims: Mapping[str, int], compiled: CompiledModel) -> dict[str, int]:
+    """The compile's ``dims`` with each dim the artifact takes only some sizes of (see
+    ``CompiledModel.accepted_sizes``) moved to its first accepted size when the compile's
+    is not one: what ``benchmark()`` and ``greencc bench`` run by default."""
+    runnable = dict(dims)
+    for name, sizes in compiled.accepted_sizes.items():
+        if sizes and runnable.get(name) not in sizes:
+            runnable[name] = sizes[0]
+    return runnable
+
+
 def _warn_specialized(model: Model, compiled: CompiledModel) -> None:
     """Warn when the target fixed symbolic dims of ``model``: the artifact then accepts
-    only the shapes it was compiled at."""
+    only the shapes it was compiled at (for a dim compiled at several sizes, those)."""
     fixed = [name for name in symbolic_dims(model.ir) if name not in compiled.dynamic_dims]
     if fixed:
-        bound = ", ".join(f"{name}={compiled.dims[name]}" for name in fixed if name in compiled.dims)
+        choices = compiled.accepted_sizes
+        bound = ", ".join(f"{name} in {{{', '.join(map(str, choices[name]))}}}" if name in choices
+                          else f"{name}={compiled.dims[name]}" for name in fixed if name in compiled.dims)
+        again = " ".join("--target-option batches=...,N" if name in choices else f"--dim {name}=N" for name in fixed)
         warnings.warn(
             f"target '{compiled.target}' compiles static shapes: the artifact accepts only "
             f"{', '.join(str(spec) for spec in compiled.model.inputs)} ({bound}); "
-            f"compile again with {' '.join(f'--dim {name}=N' for name in fixed)} for other sizes",
+            f"compile again with {again} for other sizes",
             stacklevel=3,
         )
 

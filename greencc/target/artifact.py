@@ -133,6 +133,12 @@ class CompiledModel:
         """The symbolic dims of the inputs: the ones a call may size freely (together)."""
         return symbolic_dims(self.model.ir)
 
+    @property
+    def accepted_sizes(self) -> dict[str, list[int]]:
+        """Dims that take only the listed sizes (a target that compiled one module per
+        batch size: ``{"batch": [1, 8]}``); empty by default."""
+        return {}
+
     def with_options(self, **options: Any) -> CompiledModel:
         """A copy running with changed target options (e.g. ``threads``)."""
         raise UsageError(
@@ -260,6 +266,7 @@ class CompiledModel:
             "config": self.config.to_dict() if self.config is not None else None,
             "dims": dict(self.dims),
             "dynamic_dims": self.dynamic_dims,
+            "accepted_sizes": self.accepted_sizes,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
 

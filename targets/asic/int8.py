@@ -238,7 +238,15 @@ class AsicInt8(Target):
     compiled_model_class = AsicCompiledModel
 
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """``threads`` a positive integer (default: all cores), ``mcpu`` an LLVM CPU name."""
+        """``threads`` a positive integer (default: all cores), ``mcpu`` an LLVM CPU name.
+        ``batches`` (tvm-llvm's several batch sizes) is refused, saying why."""
+        if "batches" in options:
+            raise UsageError(
+                f"target '{self.name or 'asic-int8'}' compiles one batch size: its accelerator calls, their "
+                "tiling and the simulated cycles are planned for one shape, so an artifact holds one",
+                hint="compile one artifact per batch size with --dim batch=N (tvm-llvm takes "
+                "--target-option batches=1,8)",
+            )
         checked = super().check_options(options)
         threads = checked["threads"] if checked["threads"] is not None else tvm_env.default_threads()
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:

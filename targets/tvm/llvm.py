@@ -10,9 +10,10 @@ decode (``symbolic.py``), and ``generate`` keeps its KV cache in TVM tensors (``
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,13 @@ from greencc.target import (
 )
 from greencc.target.generation import decoder_spec_or_raise
 from greencc.targets.tvm import env as tvm_env
+from greencc.targets.tvm.batches import (
+    BatchDispatchModel,
+    batch_axes,
+    batch_dim,
+    parse_batches,
+    signature_model,
+)
 from greencc.targets.tvm.build import build_checked, fused_module
 from greencc.targets.tvm.decoding import TvmDecodeSession
 from greencc.targets.tvm.onnx_import import prepare_for_tvm, to_relax, tvm_supported_ops
@@ -46,8 +54,9 @@ if TYPE_CHECKING:
     from greencc.pipeline.context import PassContext
     from greencc.pipeline.progress import ProgressReporter
 
-LIBRARY_FILE = "model.so"
-MODEL_FILE = "model.onnx"
+MODEL_STEM = "model"  # model.so (the TVM library) and model.onnx (what it was compiled from)
+LIBRARY_FILE = f"{MODEL_STEM}.so"
+MODEL_FILE = f"{MODEL_STEM}.onnx"
 DATA_FILE = f"{MODEL_FILE}.data"
 TARGET_FILE = "tvm_target.json"
 TARGET_FILE_MAX_BYTES = 1 << 20  # untrusted input: refuse absurd sizes before reading
@@ -145,51 +154,110 @@ class TvmCompiledModel(CompiledModel):
         )
 
     def _save_artifact(self, directory: Path) -> list[str]:
-        import json
+        files = self.save_module(directory, MODEL_STEM)
+        meta = {"target": self.target_spec, "compile_s": self.compile_s, "tuning": self.tuning}
+        (directory / TARGET_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return [*files, TARGET_FILE]
 
-
+    def save_module(self, directory: Path, stem: str) -> list[str]:
+        """Write the shared library ``<stem>.so`` and the model ``<stem>.onnx`` (and its
+        ``.data``) into ``directory``; returns the names written."""
         if shutil.which("g++") is None and shutil.which("gcc") is None:
             raise UsageError(
                 "saving a TVM-compiled model needs a C compiler to link the shared library",
                 hint="install gcc (e.g. apt-get install gcc)",
             )
         with tvm_env.native_warnings_captured():
-            self.executable.export_library(str(directory / LIBRARY_FILE))
-        save_model(self.model.ir, directory / MODEL_FILE)
-        meta = {"target": self.target_spec, "compile_s": self.compile_s, "tuning": self.tuning}
-        (directory / TARGET_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        names = [LIBRARY_FILE, MODEL_FILE, TARGET_FILE, DATA_FILE]
+            self.executable.export_library(str(directory / f"{stem}.so"))
+        save_model(self.model.ir, directory / f"{stem}.onnx")
+        names = [f"{stem}.so", f"{stem}.onnx", f"{stem}.onnx.data"]
         return [name for name in names if (directory / name).is_file()]
 
     @classmethod
-    def _load_artifact(cls, directory: Path, manifest: dict[str, Any]) -> TvmCompiledModel:
+    def _load_artifact(cls, directory: Path, manifest: dict[str, Any]) -> CompiledModel:
+        """The compiled model of ``directory``: one module, or one per batch size
+        (:class:`TvmBatchedModel`) when its ``tvm_target.json`` lists ``batches``."""
+        meta, spec = read_artifact_meta(directory, manifest, required=(TARGET_FILE,))  # modules: checked per batch
+        _check_host_can_run(spec, directory)
+        if "batches" in meta:
+            return TvmBatchedModel.load_modules(directory, manifest, meta, spec)
+        return cls.load_module(directory, MODEL_STEM, manifest, meta, spec)
+
+    @classmethod
+    def load_module(cls, directory: Path, stem: str, manifest: Mapping[str, Any], meta: Mapping[str, Any],
+                    spec: Mapping[str, Any]) -> TvmCompiledModel:
+        """One module saved by :meth:`save_module` as ``<stem>.so`` and ``<stem>.onnx``."""
         import tvm
 
-
-        meta, spec = read_artifact_meta(directory, manifest)
-        _check_host_can_run(spec, directory)
+        for name in (f"{stem}.so", f"{stem}.onnx"):
+            if name not in manifest["files"] or not (directory / name).is_file():
+                raise ModelLoadError(f"{directory}: artifact file '{name}' is missing",
+                                     hint="the artifact is incomplete; compile again")
         try:
             with tvm_env.native_warnings_captured():
-                library = tvm.runtime.load_module(str(directory / LIBRARY_FILE))
+                library = tvm.runtime.load_module(str(directory / f"{stem}.so"))
         except Exception as exc:
             raise ModelLoadError(
-                f"{directory}/{LIBRARY_FILE} cannot be loaded: {tvm_env.last_line(exc)}",
+                f"{directory}/{stem}.so cannot be loaded: {tvm_env.last_line(exc)}",
                 hint="it was built for another machine or TVM version; compile again here",
             ) from None
         return cls(
-            manifest["target"], load(directory / MODEL_FILE), library, target_spec=spec,
+            manifest["target"], load(directory / f"{stem}.onnx"), library, target_spec=spec,
             options=manifest["options"], profile_name=manifest.get("profile"),
             compile_s=meta.get("compile_s"), tuning=meta.get("tuning"),
         )
 
 
-def read_artifact_meta(directory: Path, manifest: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check a TVM artifact's files are all there and read its ``tvm_target.json`` (an
-    untrusted input: size-capped); returns the metadata and its target spec, or raises
-    ``ModelLoadError`` saying what is missing or invalid."""
-    import json
+class TvmBatchedModel(BatchDispatchModel):
+    """A ``tvm-llvm`` build with one TVM module per batch size (option ``batches``); each
+    call runs on the module of its batch (see :class:`BatchDispatchModel`)."""
 
-    for name in (LIBRARY_FILE, MODEL_FILE, TARGET_FILE):
+    def _save_artifact(self, directory: Path) -> list[str]:
+        files: list[str] = []
+        for batch, variant in self.variants.items():
+            assert isinstance(variant, TvmCompiledModel)
+            files += variant.save_module(directory, _batch_stem(batch))
+        first = next(iter(self.variants.values()))
+        assert isinstance(first, TvmCompiledModel)
+        meta = {"target": first.target_spec, "batches": self.batches, "batch_dim": self.dim, "batch_axes": self.axes,
+                "compile_s": {str(b): getattr(v, "compile_s", None) for b, v in self.variants.items()},
+                "tuning": {str(b): getattr(v, "tuning", {}) for b, v in self.variants.items()}}
+        (directory / TARGET_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return [*files, TARGET_FILE]
+
+    @classmethod
+    def load_modules(cls, directory: Path, manifest: Mapping[str, Any], meta: Mapping[str, Any],
+                     spec: Mapping[str, Any]) -> TvmBatchedModel:
+        """The modules :meth:`_save_artifact` wrote, one per batch in ``meta["batches"]``."""
+        try:
+            batches = [int(b) for b in meta["batches"]]
+            dim = str(meta["batch_dim"])
+            axes = {side: {str(k): [int(a) for a in v] for k, v in meta["batch_axes"][side].items()}
+                    for side in ("inputs", "outputs")}
+            compile_s, tuning = dict(meta.get("compile_s") or {}), dict(meta.get("tuning") or {})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"{directory}/{TARGET_FILE} has invalid batches: {exc}", hint="compile again") from None
+        variants = {
+            batch: TvmCompiledModel.load_module(
+                directory, _batch_stem(batch), manifest,
+                {"compile_s": compile_s.get(str(batch)), "tuning": tuning.get(str(batch))}, spec)
+            for batch in batches
+        }
+        first = variants[batches[0]]
+        return cls(manifest["target"], signature_model(first.model, dim, axes), variants, dim=dim, axes=axes,
+                   options=manifest["options"], profile_name=manifest.get("profile"))
+
+
+def _batch_stem(batch: int) -> str:
+    return f"{MODEL_STEM}-b{batch}"
+
+
+def read_artifact_meta(directory: Path, manifest: Mapping[str, Any],
+                       required: Sequence[str] = (LIBRARY_FILE, MODEL_FILE, TARGET_FILE)) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check that a TVM artifact's ``required`` files are there and read its
+    ``tvm_target.json`` (an untrusted input: size-capped); returns the metadata and its
+    target spec, or raises ``ModelLoadError`` saying what is missing or invalid."""
+    for name in required:
         if name not in manifest["files"] or not (directory / name).is_file():
             raise ModelLoadError(
                 f"{directory}: artifact file '{name}' is missing",
@@ -231,7 +299,8 @@ class TvmLlvm(Target):
     default this machine's, e.g. ``znver4``), ``tune_budget_s`` (MetaSchedule tuning time in
     s; 0, the default, builds with greencc's default schedules), ``tune_trials`` (trials per
     tuned kernel, default 64), ``cache_dir`` (tuning record cache; default
-    ``$GREENCC_CACHE_DIR/tvm``).
+    ``$GREENCC_CACHE_DIR/tvm``), ``batches`` (batch sizes, e.g. ``"1,8"``: one module per
+    size, each call runs on its batch's; default one module at the compile's dims).
     """
 
     description = "Apache TVM (Relax + LLVM) on this CPU: default schedules, or MetaSchedule-tuned"
@@ -242,6 +311,7 @@ class TvmLlvm(Target):
         "tune_budget_s": 0.0,
         "tune_trials": 64,
         "cache_dir": None,
+        "batches": None,
     }
     compiled_model_class = TvmCompiledModel
 
@@ -266,6 +336,7 @@ class TvmLlvm(Target):
             raise UsageError(f"{label}: mcpu must be an LLVM CPU name", hint="e.g. mcpu='znver4'")
         if checked["cache_dir"] is not None:
             checked["cache_dir"] = str(checked["cache_dir"])
+        checked["batches"] = parse_batches(checked["batches"], label)
         return checked
 
     def available(self) -> Availability:
@@ -292,14 +363,31 @@ class TvmLlvm(Target):
         """The LLVM target in TVM's dict form, e.g. ``{"kind": "llvm", "mcpu": "znver4", ...}``."""
         return tvm_env.llvm_target_spec(self.options["threads"], self.options["mcpu"])
 
-    def lower(self, model: Model, ctx: PassContext | None = None) -> TvmCompiledModel:
+    def lower(self, model: Model, ctx: PassContext | None = None) -> CompiledModel:
         """Compile ``model`` with TVM for this CPU; ``ctx.dims`` binds symbolic dims (1 when
-        unbound), except a decoder's, which stay symbolic. Raises ``UnsupportedOpError``
-        naming a node TVM cannot import."""
+        unbound), except a decoder's, which stay symbolic. With the ``batches`` option, one
+        module per batch size (:class:`TvmBatchedModel`). Raises ``UnsupportedOpError``
+        naming a node TVM cannot import, ``UsageError`` for ``batches`` on a decoder (its
+        batch stays symbolic already) or on inputs without a symbolic batch dim."""
 
         self.require_available()
+        batches = self.options["batches"]
+        if batches is None:
+            return self._lower_one(model, ctx, _dims_for(model, ctx))
+        label = f"target '{self.name}'"
+        if DecoderSpec.of(model) is not None:
+            raise UsageError(f"{label}: batches=... is for static builds; a decoder keeps its batch symbolic "
+                             "and runs every batch size from one module", hint="drop the batches option")
+        dim = batch_dim(model, label)
+        variants = {batch: self._lower_one(model, ctx, {**_dims_for(model, ctx), dim: batch}) for batch in batches}
+        axes = batch_axes(model, dim)
+        signature = signature_model(variants[batches[0]].model, dim, axes)
+        return TvmBatchedModel(self.name, signature, variants, dim=dim, axes=axes, options=self.options,
+                               profile_name=self.selected_profile_name)
+
+    def _lower_one(self, model: Model, ctx: PassContext | None, dims: Mapping[str, int]) -> TvmCompiledModel:
+        """One TVM module of ``model`` with its symbolic dims bound to ``dims``."""
         started = time.perf_counter()
-        dims = _dims_for(model, ctx)
         prepared = prepare_for_tvm(model, dims)
         with tvm_env.native_warnings_captured():
             relax_mod = to_relax(prepared)
