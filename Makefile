@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first (it lies on this machine's disk); a looser range would
 	# pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[torch,models,dev,tvm,serve]'
+	$(PY) -m pip install --quiet -e '.[torch,models,dev,tvm,search,serve]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

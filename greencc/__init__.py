@@ -58,6 +58,10 @@ _LAZY: dict[str, str] = {
     "compile": "greencc.driver",
     "optimize": "greencc.driver",
     "inspect": "greencc.driver",
+    # search (Ray and Optuna load only when a search runs)
+    "search": "greencc.search",
+    "SearchResult": "greencc.search",
+    "SearchSpace": "greencc.search",
 }
 
 _ERRORS = (
@@ -104,6 +108,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from greencc.pipeline.progress import ProgressEvent, TerminalProgress  # noqa: F401
     from greencc.pipeline.text import Pipeline  # noqa: F401
     from greencc.report.ledger import Report  # noqa: F401
+    from greencc.search import SearchResult, SearchSpace, search  # noqa: F401
     from greencc.target import (  # noqa: F401
         Availability,
         CompiledModel,

@@ -56,7 +56,7 @@ def render_html(report: Report, advice: dict[str, Any] | None = None) -> str:
         "<h2>Costliest nodes</h2>", plots.get("nodes", ""), _nodes_table(report),
     ]
     if report.search:
-        parts += ["<h2>Search: Pareto front</h2>", plots.get("pareto", "")]
+        parts += ["<h2>Search: Pareto front</h2>", plots.get("pareto", ""), _front_table(report.search)]
     if advice is not None:
         parts += ["<h2>Serving advice: energy per inference vs threads and batch</h2>", _advice_section(advice)]
     parts += ["<h2>Every energy figure</h2>", _figures_table(report)]
@@ -203,6 +203,25 @@ def _advice_plot(advice: dict[str, Any]) -> str:
         return _svg(Figure, draw)
 
 
+def _front_table(search: dict[str, Any]) -> str:
+    """The search's front points: label, pipeline, figures and a link to each one's ledger."""
+    front = sorted((p for p in search.get("points", []) if p.get("on_front")),
+                   key=lambda p: p.get("energy_mj") if p.get("energy_mj") is not None else float("inf"))
+    if not front:
+        return ""
+    rows = []
+    for p in front:
+        ledger = f'<a href="{_e(p["ledger"])}">ledger</a>' if p.get("ledger") else "-"
+        measured = "measured" if p.get("measured", True) else "estimated"
+        rows.append(f'<tr><td class="text">{_e(p.get("label", ""))}</td><td class="text"><code>'
+                    f'{_e(p.get("pipeline", ""))}</code></td><td>{_num(p.get("energy_mj"), ".4g")}</td>'
+                    f'<td>{_num(p.get("latency_ms"), ".4g")} ({measured})</td>'
+                    f'<td>{_num(p.get("fidelity"), ".6f")}</td><td class="text">{ledger}</td></tr>')
+    head = ("<tr><th class=\"text\">point</th><th class=\"text\">pipeline</th><th>est mJ</th><th>ms</th>"
+            "<th>fidelity (cos)</th><th class=\"text\">ledger</th></tr>")
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
 def _fidelity_note(report: Report) -> str:
     return '<p class="note">No pass changed the outputs enough to be verified (or verification was off).</p>'
 
@@ -298,18 +317,19 @@ def _costliest(figure: Any, report: Report) -> None:
 
 
 def _pareto(figure: Any, search: dict[str, Any]) -> None:
-    """A search's candidates: energy against latency, coloured by fidelity; the front joined."""
+    """A search's candidates: energy (left) and latency (right) against fidelity (1 − cos,
+    log scale); the front's points circled and labelled."""
     points = search["points"]
-    ax = figure.subplots()
-    scatter = ax.scatter([p["latency_ms"] for p in points], [p["energy_mj"] for p in points],
-                         c=[p.get("fidelity") if p.get("fidelity") is not None else float("nan") for p in points],
-                         cmap="viridis")
-    front = sorted((p for p in points if p.get("on_front")), key=lambda p: p["latency_ms"])
-    if front:
-        ax.plot([p["latency_ms"] for p in front], [p["energy_mj"] for p in front], color=_SAVED, marker="o",
-                fillstyle="none")
-    for p in front:
-        ax.annotate(p.get("label", ""), (p["latency_ms"], p["energy_mj"]), fontsize=7)
-    figure.colorbar(scatter, ax=ax, label="fidelity")
-    ax.set_xlabel("latency (ms)")
-    ax.set_ylabel(search.get("energy_label", "energy (mJ/inference)"))
+    axes = figure.subplots(1, 2)
+    loss = [max(1.0 - p["fidelity"], 1e-9) if p.get("fidelity") is not None else float("nan") for p in points]
+    for ax, key, label in ((axes[0], "energy_mj", search.get("energy_label", "energy (mJ/inference)")),
+                           (axes[1], "latency_ms", "latency (ms)")):
+        values = [p[key] if p.get(key) is not None else float("nan") for p in points]
+        ax.scatter(loss, values, color=_TOTAL, s=14)
+        front = [(x, y, p) for x, y, p in zip(loss, values, points, strict=True) if p.get("on_front")]
+        ax.scatter([x for x, _, _ in front], [y for _, y, _ in front], facecolors="none", edgecolors=_SAVED, s=60)
+        for x, y, p in front:
+            ax.annotate(p.get("label", ""), (x, y), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("fidelity loss, 1 − cosine (log)")
+        ax.set_ylabel(label)
