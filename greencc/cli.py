@@ -43,6 +43,8 @@ examples:
   greencc cost calibrate -t ort-cpu                          # fit ort-cpu's profile to this machine
   greencc cost validate -t ort-cpu                           # predicted vs measured, held-out models
   greencc repro greencc-repro-.../                           # replay a failing pipeline
+  greencc search model.onnx -t ort-cpu --objective energy --budget cos=0.99 --time 20m -o search/
+  greencc search --resume search/ --report                   # the stored front's report.html again
   greencc serve out/ --port 8000                             # HTTP inference, J/request, /metrics
   greencc serve fp32=a/ green=b/ --policy carbon --carbon-signal file:grid.txt --fidelity-floor 0.99
   greencc advise out/ --slo-ms 20 --html advice.html         # energy-optimal threads and batch
@@ -243,6 +245,36 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status 5 when the failure reproduces, 0 when it no longer does")
     rp.add_argument("directory")
     plugin_option(rp)
+
+    se = sub.add_parser(
+        "search", help="search pipelines and options for the energy-latency-fidelity Pareto front (Ray)",
+        description="Try compiles of MODEL (presets, pass options, threads, targets), screen them with the cost "
+        "model, compile and verify them in parallel on Ray (a local Ray, or --ray-address), measure one per node "
+        "at a time, and store every finished candidate in OUTDIR/search.db; rerunning over OUTDIR compiles "
+        "nothing done before. Writes OUTDIR/report.html (the front, linked to each candidate's ledger).",
+        epilog="example: greencc search minilm.onnx -t ort-cpu --objective energy --budget cos=0.99 --time 20m")
+    se.add_argument("model", nargs="?", help="an ONNX file or a Hugging Face model directory")
+    se.add_argument("-t", "--target", default="ort-cpu", help="target or tag of the default space (default ort-cpu)")
+    se.add_argument("--objective", choices=("energy", "latency", "size"), default="energy",
+                    help="what the search minimizes beside the fidelity loss (default energy)")
+    se.add_argument("--budget", default="cos=0.99", metavar="SPEC", help="fidelity budget (default cos=0.99)")
+    se.add_argument("--time", metavar="DURATION", help="stop after this long: 90s, 20m, 1h (default: no limit)")
+    se.add_argument("--max-candidates", type=int, metavar="N", help="stop once N candidates finished")
+    se.add_argument("--space", metavar="SPACE.toml", help="the search space (default: the model kind's)")
+    se.add_argument("--strategy", choices=("tpe", "nsga2", "random", "grid"), default="tpe",
+                    help="how candidates are picked (default tpe: multi-objective TPE)")
+    se.add_argument("-o", "--output", metavar="OUTDIR", help="search directory (default greencc-search)")
+    se.add_argument("--resume", metavar="DIR", help="continue the search stored in DIR (with --report: only report)")
+    se.add_argument("--report", action="store_true", help="with --resume: write DIR's report.html and print the front")
+    se.add_argument("--workers", type=int, help="parallel compiles (default: the cluster's CPUs)")
+    se.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster instead of starting a local Ray")
+    se.add_argument("--no-screen", action="store_true", help="compile every candidate (no cost-model screen)")
+    se.add_argument("--no-measure", action="store_true", help="rank by estimates only (no latency/energy runs)")
+    se.add_argument("--measure-window", type=float, default=1.0, metavar="S", help="energy window per candidate (s)")
+    se.add_argument("--calib", metavar="NPZ", help="calibration .npz for every candidate")
+    se.add_argument("--seed", type=_seed_arg, default=0)
+    se.add_argument("-q", "--quiet", action="store_true", help="print only the front")
+    dims_option(se)
 
     cost = sub.add_parser("cost", help="calibrate the cost model on this machine and validate it",
                           description="Calibrate a target's hardware profile with micro-benchmarks on this "
@@ -940,7 +972,56 @@ def cmd_advise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration_s(text: str) -> float:
+    """``--time``: seconds from ``90``, ``90s``, ``20m`` or ``1h``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text or "")
+    if match is None:
+        raise UsageError(f"bad --time {text!r}", hint="write a duration such as 90s, 20m or 1h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """``greencc search``: run (or resume) a search, or report a stored one."""
+    from greencc.search import load_result, search
+
+    if args.report and not args.resume:
+        raise UsageError("--report reads a stored search", hint="give its directory: --resume DIR --report")
+    if args.resume and args.report:
+        result = load_result(args.resume)
+    else:
+        directory = args.resume or args.output or "greencc-search"
+        model = args.model
+        if model is None and args.resume:
+            from greencc.search.store import CandidateStore
+
+            with CandidateStore(directory) as store:
+                model = store.meta().get("model")
+        if model is None:
+            raise UsageError("greencc search needs a model", hint="greencc search MODEL.onnx ... (or --resume DIR)")
+        say = None if args.quiet else (lambda line: sys.stderr.write(_printable(line) + "\n"))
+        result = search(
+            model, args.target, objective=args.objective, budget=args.budget,
+            time_s=_duration_s(args.time) if args.time else None, max_candidates=args.max_candidates,
+            space=args.space, directory=directory, strategy=args.strategy, workers=args.workers,
+            ray_address=args.ray_address, dims=_parse_dims(args.dim), calibration=args.calib, seed=args.seed,
+            measure=not args.no_measure, energy_window_s=args.measure_window, screen=not args.no_screen,
+            progress=say,
+        )
+    _out(result.table())
+    stats = result.stats
+    if stats:
+        _out(f"{stats['asked']} asked, {stats['screened']} screened out, {stats['duplicates']} already done, "
+             f"{stats['compile_tasks']} compiled ({stats['broke_budget']} broke the budget, {stats['failed']} failed), "
+             f"{stats['measured']} measured, in {stats['elapsed_s']:.0f} s on {stats['workers']} worker(s)")
+    _out(f"report: {result.report}" if result.report else "no candidate was built: no report")
+    if stats.get("interrupted"):
+        sys.stderr.write("greencc: interrupted: the store is consistent; --resume continues it\n")
+        return 130
+    return 0
+
+
 COMMANDS = {
+    "search": cmd_search,
     "compile": cmd_compile, "inspect": cmd_inspect, "passes": cmd_passes, "targets": cmd_targets,
     "bench": cmd_bench, "generate": cmd_generate, "report": cmd_report, "repro": cmd_repro, "cost": cmd_cost,
     "serve": cmd_serve, "advise": cmd_advise,

@@ -91,6 +91,7 @@ def search(
     measure: bool = True,
     energy_window_s: float = 1.0,
     screen: bool = True,
+    plugins: tuple[str, ...] = (),
     progress: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Search compiles of ``model`` (an ONNX file or a Hugging Face directory) for the
@@ -107,7 +108,8 @@ def search(
     ``measure_slot`` resource once (``ray start --resources '{"measure_slot": 1}'``) and
     share ``directory``; without it a local Ray of ``num_cpus`` CPUs (default: this
     machine's usable cores) is started and stopped. ``screen`` runs the cost-model screen
-    before compiling. ``measure`` measures latency and energy (window ``energy_window_s`` s)
+    before compiling; ``plugins`` (``.py`` files or modules) are loaded by every compile.
+    ``measure`` measures latency and energy (window ``energy_window_s`` s)
     of every candidate not dominated on its estimates. Ctrl-C stops the search: the store
     stays consistent, the returned result's ``stats["interrupted"]`` is true and its report
     covers what finished. ``progress`` receives one line per finished candidate.
@@ -126,6 +128,7 @@ def search(
         target=target, budget=budget, dims=dict(dims or {}), seed=seed,
         calibration=os.path.abspath(calibration) if calibration else None,
         calibration_sha256=file_sha256(calibration) if calibration else None,
+        plugins=tuple(os.path.abspath(p) if p.endswith(".py") else p for p in map(os.fspath, plugins)),
     )
     say = progress or (lambda line: None)
     counts = _Counts()
