@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from greencc.errors import UsageError
+from greencc.errors import GreenccError, UsageError
 from greencc.execution.executor import exposing
 from greencc.model import Model
 from greencc.pipeline.base import Pass, PassResult, register_pass
@@ -19,8 +19,6 @@ from greencc.pipeline.context import PassContext
 
 from .data import load_rows, split
 from .sites import following_int8, int8_weight_axes, is_float, shared_hidden_states
-
-PROVENANCE = "recover"
 
 
 @register_pass("recover")
@@ -32,8 +30,8 @@ class Recover(Pass):
       match the teacher's; zeros of every weight matrix stay zero (masked updates).
 
     The teacher is the pipeline's input as verification keeps it (``ctx.reference``), so
-    the pass needs a verified run and declines without one, or when no lossy pass has
-    changed the model yet. ``optimizer``: ``adamw`` or ``adafactor``; ``lr``: the peak
+    the pass needs a verified run and declines without one, when no lossy pass has
+    changed the model yet, or with ``data=calib`` and no calibration data. ``optimizer``: ``adamw`` or ``adafactor``; ``lr``: the peak
     learning rate (5% warm-up, then a half cosine down to a tenth). ``max_steps``: at most
     this many optimizer steps of ``batch`` samples (``steps=`` is the pass manager's
     repetition count, not this). ``data``: ``calib`` (the run's calibration data) or the
@@ -89,6 +87,9 @@ class Recover(Pass):
         if not reference.after_lossy:
             self.decline(ctx, "<model>", "nothing to recover: no lossy pass has changed the model")
             return PassResult(model, False)
+        if self.data == "calib" and ctx.calibration is None:
+            self.decline(ctx, "<model>", "no data to distill on: the run has no calibration data (or give data=PATH.npz)")
+            return PassResult(model, False)
         teacher = reference.original
         rows = load_rows(model, self.data, ctx.calibration)
         data = split(model, rows, self.held_out, ctx.seed)
@@ -106,7 +107,11 @@ class Recover(Pass):
         from .distill import Settings, train
 
         student = exposing(model, hidden) if hidden else model
-        lowered = lower_to_torch(student.ir, trainable=True)
+        try:
+            lowered = lower_to_torch(student.ir, trainable=True)
+        except GreenccError as exc:  # an op the lowering lacks: the model stays as pruned
+            self.decline(ctx, "<model>", f"cannot lower to PyTorch: {exc.message}")
+            return PassResult(model, False)
         by_ir = {ir_name: torch_name for torch_name, ir_name in lowered.parameter_names().items()}
         teacher_runner = ctx.executor.runner(teacher, outputs=[*targets, *hidden], purpose="scoring")
         settings = Settings(
@@ -129,7 +134,7 @@ class Recover(Pass):
         if outcome.best_step == 0:
             self.decline(ctx, "<model>", "no step improved the held-out loss; weights unchanged")
             return PassResult(model, False, stats)
-        stats["weights_written"] = len(write_back(lowered, model.ir, provenance=PROVENANCE))
+        stats["weights_written"] = len(write_back(lowered, model.ir, provenance=str(self)))
         return PassResult(model, True, stats)
 
     def _fake_quant_axes(self, model: Model, ctx: PassContext) -> dict[str, int | None]:
