@@ -1,9 +1,9 @@
 """Search benchmarks (issue 16).
 
-    HF_HUB_OFFLINE=1 python benchmarks/search.py overhead
+    HF_HUB_OFFLINE=1 python -m benchmarks.search overhead
         Ray start-up (s) and a 1-worker search against a plain loop over the same candidates
         (tiny BERT, grid, no screen): the search's overhead in %.
-    HF_HUB_OFFLINE=1 python benchmarks/search.py minilm --time 20m [--workers 2]
+    HF_HUB_OFFLINE=1 python -m benchmarks.search minilm --time 20m [--workers 2]
         MiniLM (seq 128) on ort-cpu, --objective energy --budget cos=0.99: multi-objective TPE
         and a grid over the same default space, each given --time; front sizes, whether a
         front point dominates -O3 (measured latency and estimated energy at equal or better
