@@ -299,7 +299,7 @@ def compile(  # noqa: A001 - the public verb of a compiler
 
     A target given by name (``"ort-cpu"``, ``"tvm-llvm"``) without a ``profile`` option
     prices on this machine: a profile calibrated here for the same thread count (by
-    ``greencc cost calibrate``, or by a quick calibration of about 15 s that ort-cpu runs on
+    ``greencc cost calibrate``, or by a quick calibration (at most 25 s) that ort-cpu runs on
     first use), else the profile detected from the CPU; ``$GREENCC_HOST_PROFILE=detect``
     skips the quick calibration, ``=off`` keeps the shipped socket profile.
     """

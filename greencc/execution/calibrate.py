@@ -59,7 +59,7 @@ HOST_PROFILE_MODES = ("calibrate", "detect", "off")
 HOST_TARGETS = ("ort-cpu", "tvm-llvm")
 QUICK_CALIBRATED_TARGETS = ("ort-cpu",)
 # Seconds each quick micro-benchmark is timed for (one round): the suite then takes
-# about 8 s on 2 quiet cores, sessions and fit included.
+# 12-15 s on 2 shared cores, sessions and fit included.
 QUICK_MIN_TIME_S = 0.1
 # Seconds a quick calibration may take: no micro-benchmark starts after it (a busy machine).
 QUICK_BUDGET_S = 25.0
