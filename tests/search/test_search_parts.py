@@ -122,3 +122,14 @@ def test_report_plots_the_front_and_links_each_ledger(tmp_path: Path) -> None:
     assert "<h2>Search: Pareto front</h2>" in page and 'href="candidates/a/report.html"' in page
     assert "fidelity loss" in page and compiled.report is not None
     assert render_html(compiled.report).count("Pareto") == 0
+
+
+def test_gc_search_is_lazy_and_callable_after_the_package_is_imported() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, greencc as gc, greencc.search; "
+            "assert callable(gc.search) and callable(greencc.search.search); "
+            "print(sorted(m for m in ('ray', 'optuna', 'torch', 'tvm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
