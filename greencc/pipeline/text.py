@@ -23,13 +23,16 @@ PRESETS: dict[str, str] = {
     "-O1": "cleanup",
     "-O2": "cleanup,fuse,dce",
     "-O3": f"cleanup,fuse,dce,{WEIGHT_ONLY},quantize-int8{{fallback=sensitivity,outlier_ratio=20}}",
-    # Pruning spends part of the run's --budget (share: heads up to 30% of the cosine loss
-    # allowed, heads and FFN together up to 45%), int8 the rest — it saves the most energy
-    # per unit of fidelity, so it gets the larger part; without a budget the pruning passes
-    # decline (with the reason) and this is -O3.
-    # Its int8 keeps an outlier split only where the budget needs it.
+    # Pruning may spend most of the run's --budget (shares are cumulative levels of the
+    # cosine loss allowed, against the pipeline's input: heads down to 40% of it, heads and
+    # FFN together down to 70%); recover then distills the pruned model back towards the
+    # input on the calibration data, and int8 spends whatever of the budget is left after
+    # recovery (its sensitivity fallback judges against the pipeline's input) — at least
+    # the 30% pruning never touches, when there is no calibration data to recover on.
+    # Without a budget the pruning passes decline (with the reason), recover has nothing to
+    # recover, and this is -O3. Its int8 keeps an outlier split only where the budget needs it.
     # A decoder's int4 also keeps the layers its budget (ppl=, agree= or cos=) needs in float.
-    "green": "cleanup,prune-heads{share=0.3},prune-ffn{share=0.45},fuse,dce,"
+    "green": "cleanup,prune-heads{share=0.4},prune-ffn{share=0.7},recover,fuse,dce,"
              "quantize-weights{bits=4,models=decoders,when=saves-energy,fallback=sensitivity},"
              "quantize-int8{fallback=sensitivity,outlier_ratio=20,outliers=as-needed}",
 }
