@@ -30,7 +30,7 @@ h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.15em;margin-top:28px;border-
 .headline .figure{font-size:1.6em;font-weight:600}.warning{background:#fff4e5;border-left:6px solid #ef6c00;
 padding:8px 16px;margin:8px 0}table{border-collapse:collapse;font-size:.85em;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f5f5f5}
-td.text,th.text{text-align:left}.plots svg{max-width:100%;height:auto}.note{color:#555;font-size:.85em}
+td.text,th.text{text-align:left;overflow-wrap:anywhere}table{max-width:100%}.plots svg{max-width:100%;height:auto}.note{color:#555;font-size:.85em}
 """
 
 
@@ -275,7 +275,7 @@ def _waterfall_axis(ax: Any, rows: list[PassRow], total_of: Callable[[PassRow], 
     totals = [float(v) for v in values]  # type: ignore[arg-type]
     labels, bottoms, heights, colors = ["(input)"], [0.0], [totals[0]], [_TOTAL]
     for row, before, after in zip(rows[1:], totals, totals[1:], strict=False):
-        labels.append(row.name)
+        labels.append(_pass_label(row.name))
         bottoms.append(min(before, after))
         heights.append(abs(after - before))
         colors.append(_SAVED if after < before else _SPENT)
@@ -288,11 +288,22 @@ def _waterfall_axis(ax: Any, rows: list[PassRow], total_of: Callable[[PassRow], 
     ax.set_xticks(list(positions), labels, rotation=35, ha="right")
 
 
+def _pass_label(name: str) -> str:
+    """A pass's tick label: its name without options (the ledger above shows them), which
+    would run off the plot."""
+    return name.split("{", 1)[0]
+
+
+def _shortened(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters in the middle, keeping its start and end."""
+    return text if len(text) <= width else f"{text[: width // 2 - 1]}…{text[-(width - width // 2):]}"
+
+
 def _fidelity(figure: Any, report: Report) -> None:
     """1 − cosine similarity (min over outputs) and max absolute error against the original,
     per pass that was verified."""
     verified = [row for row in report.rows if row.fidelity]
-    names = [row.name for row in verified]
+    names = [f"{i}. {_pass_label(row.name)}" for i, row in enumerate(verified, 1)]  # a pass may run twice
     cosine = [row.fidelity.get("cosine_min") for row in verified]  # type: ignore[union-attr]
     error = [row.fidelity.get("max_abs_error") for row in verified]  # type: ignore[union-attr]
     left, right = figure.subplots(1, 2)
@@ -310,9 +321,10 @@ def _fidelity(figure: Any, report: Report) -> None:
 def _costliest(figure: Any, report: Report) -> None:
     """The final model's costliest nodes by estimated energy (horizontal bars)."""
     nodes = list(reversed(report.costliest_nodes))
-    figure.subplots_adjust(left=0.3)  # room for the node names
+    figure.subplots_adjust(left=0.45)  # room for the node names
     ax = figure.subplots()
-    ax.barh([f"{n['name'][:40]} ({n['op_type']})" for n in nodes], [n["energy_mj"] for n in nodes], color=_TOTAL)
+    ax.barh([f"{_shortened(n['name'], 30)} ({n['op_type']})" for n in nodes], [n["energy_mj"] for n in nodes],
+            color=_TOTAL)
     ax.set_xlabel("estimated mJ/inference")
 
 
