@@ -16,6 +16,7 @@ class Fuse(PassGroup):
       fuse-layernorm, fuse-gelu          primitive forms -> LayerNormalization / Gelu
       fuse-rmsnorm, fuse-rotary          RMSNorm -> SimplifiedLayerNormalization; RoPE -> RotaryEmbedding
       fuse-decoder-attention             attention with a KV cache -> GroupQueryAttention / MultiHeadAttention
+      past-shape-from-mask               a decoder's past shapes from its mask (only attention reads the past)
       fuse-attention                     self-attention blocks -> Attention
       fuse-embed-layernorm, fuse-skip-layernorm, fuse-skip-rmsnorm   sums around the norms -> contrib ops
       fuse-bias-gelu                     Add + Gelu -> BiasGelu / FastGelu
@@ -31,7 +32,7 @@ class Fuse(PassGroup):
     lossy = False
     members = (
         "fold-batchnorm,fold-conv-scale,fold-conv-bias,fold-pad,"
-        "fuse-layernorm,fuse-gelu,fuse-rmsnorm,fuse-rotary,fuse-decoder-attention,fuse-attention,"
+        "fuse-layernorm,fuse-gelu,fuse-rmsnorm,fuse-rotary,fuse-decoder-attention,past-shape-from-mask,fuse-attention,"
         "fuse-embed-layernorm,fuse-skip-layernorm,fuse-skip-rmsnorm,"
         "fuse-bias-gelu,fuse-matmul-add,fuse-activation"
     )

@@ -288,7 +288,8 @@ class OrtCompiledModel(CompiledModel):
         float32 decoder contract; the generic session otherwise."""
         spec = DecoderSpec.of(self.model)
         if spec is not None and _binds_float32_cache(self.session, spec):
-            return IoBoundDecodeSession(self.session, spec, batch, capacity)
+            return IoBoundDecodeSession(self.session, spec, batch, capacity,
+                                        shared=_appends_in_place(self.model, spec))
         return super().decode_session(batch, capacity)
 
     def with_options(self, **options: Any) -> OrtCompiledModel:
@@ -332,21 +333,26 @@ class OrtCompiledModel(CompiledModel):
 class IoBoundDecodeSession:
     """Decode steps through ONNX Runtime's IO binding, without per-token allocation.
 
-    Every past/present pair owns two float32 buffers sized for ``capacity`` tokens, used in
-    turn: a step reads the past from one and ONNX Runtime writes the present straight into
-    the other, each viewed as a contiguous [batch, kv_heads, length, head_dim] tensor. The
-    logits land in a buffer sized for the longest step. The graph still copies the past into
-    the present (its Concat); only the allocations and copies around the session are gone.
+    ``shared=False``: every past/present pair owns two float32 buffers sized for
+    ``capacity`` tokens, used in turn: a step reads the past from one and ONNX Runtime
+    writes the present straight into the other, each viewed as a contiguous [batch,
+    kv_heads, length, head_dim] tensor; the graph still copies the past into the present
+    (its Concat). ``shared=True`` (every present comes from GroupQueryAttention): one
+    [batch, kv_heads, capacity, head_dim] buffer per pair is bound as both past and present,
+    and the kernel appends the new keys and values in place (its seqlens_k says how many are
+    valid), so nothing is copied per token. The logits land in a buffer sized for the
+    longest step.
     """
 
-    def __init__(self, session: Any, spec: DecoderSpec, batch: int, capacity: int) -> None:
+    def __init__(self, session: Any, spec: DecoderSpec, batch: int, capacity: int, *, shared: bool = False) -> None:
         self._session = session
         self._spec = spec
         self._batch = batch
         self._binding = session.io_binding()
+        self._shared = shared
         kv_size = batch * spec.num_kv_heads * capacity * spec.head_dim
         self._kv = [
-            (np.empty(kv_size, dtype=np.float32), np.empty(kv_size, dtype=np.float32))
+            (first := np.zeros(kv_size, dtype=np.float32), first if shared else np.empty(kv_size, dtype=np.float32))
             for _ in spec.past_names()
         ]
         self._kv_pointers = [(first.ctypes.data, second.ctypes.data) for first, second in self._kv]
@@ -371,8 +377,8 @@ class IoBoundDecodeSession:
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
         binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
-        past_shape = [batch, spec.num_kv_heads, self._past_len, spec.head_dim]
-        present_shape = [batch, spec.num_kv_heads, total, spec.head_dim]
+        past_shape = [batch, spec.num_kv_heads, self._capacity if self._shared else self._past_len, spec.head_dim]
+        present_shape = [batch, spec.num_kv_heads, self._capacity if self._shared else total, spec.head_dim]
         for pointers, past, present in zip(self._kv_pointers, spec.past_names(), spec.present_names(), strict=True):
             source, dest = pointers[self._turn], pointers[1 - self._turn]
             binding.bind_input(past, "cpu", 0, np.float32, past_shape, source)
@@ -390,6 +396,21 @@ class IoBoundDecodeSession:
         self._turn = 1 - self._turn
         logits = self._logits[:logits_size].reshape(batch, seq, spec.vocab_size)
         return logits[:, -1, :].copy()
+
+
+def _appends_in_place(model: Model, spec: DecoderSpec) -> bool:
+    """True when GroupQueryAttention writes every present key/value and is the only reader
+    of every past one (``past-shape-from-mask`` removes the export's shape reads): it can
+    then append to one buffer bound as both past and present."""
+    graph = model.ir.graph
+    outputs, inputs = {v.name: v for v in graph.outputs}, {v.name: v for v in graph.inputs}
+
+    def is_gqa(node: ir.Node | None) -> bool:
+        return node is not None and node.op_type == "GroupQueryAttention" and node.domain == "com.microsoft"
+
+    return (all(name in outputs and is_gqa(outputs[name].producer()) for name in spec.present_names())
+            and all(name in inputs and inputs[name].uses() and all(is_gqa(user) for user, _ in inputs[name].uses())
+                    for name in spec.past_names()))
 
 
 def _binds_float32_cache(session: Any, spec: DecoderSpec) -> bool:

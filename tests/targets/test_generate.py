@@ -120,6 +120,31 @@ def test_ort_cpu_decodes_through_io_binding_as_the_generic_session_does() -> Non
         positions = positions[:, -1:] + 1
 
 
+def test_group_query_attention_appends_in_place_to_one_shared_cache_buffer() -> None:
+    """-O2 Llama at head size 16 (rotary inside GroupQueryAttention, packed QKV): the
+    IO-bound session binds one buffer per past/present pair, and a left-padded batch decodes
+    to the same logits as the generic session (which copies the cache every step) and the
+    same greedy tokens as transformers."""
+    module = models.decoder_module("llama", hidden=64)
+    compiled = gc.compile(gc.from_torch(module), target="ort-cpu", pipeline="-O2")
+    spec = gc.DecoderSpec.of(compiled.model)
+    bound = compiled.decode_session(2, 16)
+    assert isinstance(bound, IoBoundDecodeSession) and bound._shared
+    generic = FeedDecodeSession(compiled, spec, 2)
+    ids, mask = _left_padded(PROMPTS)
+    positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)
+    for step in range(5):
+        np.testing.assert_allclose(bound.step(ids, mask, positions), generic.step(ids, mask, positions), atol=1e-5)
+        ids = np.full((2, 1), 10 + step, np.int64)
+        mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+        positions = positions[:, -1:] + 1
+    ids, mask = _left_padded(PROMPTS)
+    with torch.no_grad():
+        expected = module.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=12,
+                                   do_sample=False, eos_token_id=None, pad_token_id=0).numpy()
+    np.testing.assert_array_equal(compiled.generate(PROMPTS, 12, stop_tokens=()).sequences, expected)
+
+
 def test_io_binding_refuses_to_outgrow_its_buffers() -> None:
     compiled = _compiled("llama")
     session = compiled.decode_session(1, 4)
