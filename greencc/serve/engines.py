@@ -16,7 +16,10 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+import uvicorn
+
 from greencc.errors import UsageError
+from greencc.serve.app import build_app
 from greencc.serve.payload import Limits
 from greencc.serve.service import Service, ServiceOptions
 from greencc.serve.variants import load_variants
@@ -28,10 +31,6 @@ GRACEFUL_SHUTDOWN_S = 30
 
 def uvicorn_server(service: Service, host: str = "127.0.0.1", port: int = 8000) -> Any:
     """A ``uvicorn.Server`` for ``service`` (``.run()`` blocks, handles SIGTERM/SIGINT)."""
-    import uvicorn
-
-    from greencc.serve.app import build_app
-
     config = uvicorn.Config(build_app(service), host=host, port=port, log_level="warning", lifespan="on",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, access_log=False)
     return uvicorn.Server(config)
@@ -84,8 +83,9 @@ class BackgroundServer:
 def run_ray(specs: list[str], options: ServiceOptions, *, threads: int | None = None, host: str = "127.0.0.1",
             port: int = 8000, replicas: int = 1, block: bool = True) -> Any:
     """Deploy the service with Ray Serve (``replicas`` copies, each loading the artifacts),
-    on the Ray cluster ``ray.init`` finds (a local one by default). Blocks until
-    interrupted when ``block``; returns the deployment handle otherwise."""
+    on the Ray cluster ``ray.init`` finds (a local one by default). With ``block``, serves
+    until SIGTERM or Ctrl-C, then shuts Serve down, draining the replicas; returns the
+    deployment handle."""
     try:
         import ray
         from ray import serve
@@ -100,8 +100,6 @@ def run_ray(specs: list[str], options: ServiceOptions, *, threads: int | None = 
             self.service = Service(load_variants(specs, threads), ServiceOptions(**options, limits=limits))
 
         def __serve_build_asgi_app__(self) -> Any:
-            from greencc.serve.app import build_app
-
             return build_app(self.service)
 
     deployment = serve.deployment(GreenccService, name="greencc", num_replicas=replicas,
@@ -109,8 +107,19 @@ def run_ray(specs: list[str], options: ServiceOptions, *, threads: int | None = 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
-    handle = serve.run(deployment.bind(specs, options_dict, threads), name="greencc", route_prefix="/",
-                       blocking=block)
+    handle = serve.run(deployment.bind(specs, options_dict, threads), name="greencc", route_prefix="/")
+    if not block:
+        return handle
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        serve.shutdown()  # replicas finish their requests within GRACEFUL_SHUTDOWN_S
     return handle
 
 
