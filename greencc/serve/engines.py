@@ -106,13 +106,16 @@ def run_ray(specs: list[str], options: ServiceOptions, *, threads: int | None = 
                                   graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": host, "port": port})
-    handle = serve.run(deployment.bind(specs, options_dict, threads), name="greencc", route_prefix="/")
     if not block:
-        return handle
+        serve.start(http_options={"host": host, "port": port})
+        return serve.run(deployment.bind(specs, options_dict, threads), name="greencc", route_prefix="/")
+    # After ray.init, which installs its own SIGTERM handler: a SIGTERM while deploying or
+    # serving ends the wait below and drains.
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
+        serve.start(http_options={"host": host, "port": port})
+        handle = serve.run(deployment.bind(specs, options_dict, threads), name="greencc", route_prefix="/")
         while not stop.wait(1.0):
             pass
     except KeyboardInterrupt:
