@@ -3,26 +3,40 @@
     HF_HUB_OFFLINE=1 python -m benchmarks.search overhead
         Ray start-up (s) and a 1-worker search against a plain loop over the same candidates
         (tiny BERT, grid, no screen): the search's overhead in %.
-    HF_HUB_OFFLINE=1 python -m benchmarks.search minilm --time 20m [--workers 2]
+    HF_HUB_OFFLINE=1 python -m benchmarks.search startup [--repeats 3]
+        Ray start-up (s) as the search starts it, and with each part it can do without.
+    HF_HUB_OFFLINE=1 python -m benchmarks.search minilm --time 1200 [--strategy tpe|grid|both]
+            [--workers N] [--lock /tmp/bench.lock]
         MiniLM (seq 128) on ort-cpu, --objective energy --budget cos=0.99: multi-objective TPE
-        and a grid over the same default space, each given --time; front sizes, whether a
+        and a grid over the same default space, each given --time s; front sizes, whether a
         front point dominates -O3 (measured latency and estimated energy at equal or better
-        fidelity), candidates per minute and what the screen discarded.
+        fidelity), candidates per minute and what the screen discarded. Each arm writes
+        minilm-STRATEGY-wN.json beside its search directory; --lock is waited for and held
+        while each arm runs (released between arms).
+    HF_HUB_OFFLINE=1 python -m benchmarks.search summary [--minutes 10]
+        The arms found under --work side by side, with the candidates each finished in its
+        first --minutes (the same stretch of the same grid, for 1 against 2 workers).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx_ir as ir
 
 from greencc.search import SearchResult, SearchSpace, search
 from greencc.search.space import default_space
+from greencc.search.store import SCREENED, CandidateStore
 from greencc.search.worker import compile_candidate, measure_candidate
 
 OVERHEAD_SPACE = SearchSpace(presets=("-O1", "-O2", "-O3"), template="cleanup,prune-heads,fuse,dce,quantize-int8",
@@ -66,26 +80,92 @@ def overhead(work: Path) -> None:
           f"({100 * (searched / plain - 1):+.1f}%; the search also asks, dedups and writes its store and report)")
 
 
-def minilm(work: Path, time_s: float, workers: int | None) -> None:
-    """The acceptance run: TPE and grid over MiniLM's default space, each for ``time_s``."""
+def startup(repeats: int) -> None:
+    """Ray start-up as the search starts it (2 CPUs, a measurement slot, no dashboard), and
+    without the parts a local search does not need."""
+    import ray
+
+    variants: dict[str, dict[str, Any]] = {"search's ray.init": {}}
+    for name, extra in variants.items():
+        times = []
+        for _ in range(repeats):
+            load = os.getloadavg()[0]
+            start = time.perf_counter()
+            ray.init(num_cpus=2, resources={"measure_slot": 1}, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, **extra)
+            times.append(time.perf_counter() - start)
+            ray.shutdown()
+            print(f"{name}: {times[-1]:.2f} s (load {load:.1f})", flush=True)
+        print(f"{name}: median {statistics.median(times):.2f} s over {repeats}")
+
+
+def minilm(work: Path, time_s: float, strategies: tuple[str, ...], workers: int | None, lock: str) -> None:
+    """The acceptance run: each strategy over MiniLM's default space for ``time_s``."""
     model = _export("minilm", work)
     space = default_space(decoder=False, threads=(2,))
-    results: dict[str, SearchResult] = {}
-    for strategy in ("tpe", "grid"):
-        directory = work / f"minilm-{strategy}"
+    for strategy in strategies:
+        tag = f"minilm-{strategy}-w{workers or 'all'}"
+        directory = work / tag
         shutil.rmtree(directory, ignore_errors=True)
-        results[strategy] = search(model, space=space, strategy=strategy, directory=directory, time_s=time_s,
-                                   workers=workers, budget="cos=0.99", objective="energy",
-                                   progress=lambda line: print(f"  {line}", flush=True))
-    for strategy, result in results.items():
-        stats = result.stats
-        minutes = stats["elapsed_s"] / 60
-        print(f"\n## {strategy}: {len(result.pareto)} front points; {stats['compile_tasks']} compiled, "
-              f"{stats['screened']} screened out, {stats['duplicates']} duplicates, {stats['broke_budget']} broke "
-              f"the budget, {stats['measured']} measured; {len(result.candidates) / minutes:.2f} candidates/min "
-              f"({stats['compile_tasks'] / minutes:.2f} compiles/min) on {stats['workers']} worker(s)")
-        print(result.table())
-        print(f"dominates -O3: {_dominates_o3(result)}; report {result.report}")
+        with _held(lock):
+            load_before = os.getloadavg()
+            result = search(model, space=space, strategy=strategy, directory=directory, time_s=time_s,
+                            workers=workers, budget="cos=0.99", objective="energy",
+                            progress=lambda line: print(f"  {line}", flush=True))
+            load_after = os.getloadavg()
+        summary = {"strategy": strategy, "time_s": time_s, "stats": result.stats, "load_before": load_before,
+                   "load_after": load_after, "front": len(result.pareto), "dominates_o3": _dominates_o3(result),
+                   "report": str(result.report), "table": result.table(), "directory": str(directory)}
+        (work / f"{tag}.json").write_text(json.dumps(summary, indent=1, default=str))
+        _print_arm(tag, summary)
+
+
+def summary(work: Path, minutes: float) -> None:
+    """Every arm under ``work`` side by side."""
+    for path in sorted(work.glob("minilm-*.json")):
+        arm = json.loads(path.read_text())
+        _print_arm(path.stem, arm)
+        with CandidateStore(arm["directory"]) as store:
+            candidates = store.candidates()
+        first = min((c.finished - (c.compile_s or 0.0) for c in candidates), default=0.0)
+        early = [c for c in candidates if c.finished - first <= minutes * 60]
+        print(f"in its first {minutes:g} min: {len(early)} candidates finished "
+              f"({sum(c.status != SCREENED for c in early)} compiled or stopped, "
+              f"{sum(c.status == SCREENED for c in early)} screened)")
+        loads = [(c.load_before, c.load_after) for c in candidates if c.load_before is not None]
+        if loads:
+            print(f"load average around its {len(loads)} measurements: "
+                  f"{min(min(pair) for pair in loads):.1f}-{max(max(pair) for pair in loads):.1f}")
+
+
+def _print_arm(tag: str, arm: dict[str, Any]) -> None:
+    stats = arm["stats"]
+    minutes = stats["elapsed_s"] / 60
+    finished = stats["compile_tasks"] - stats["cancelled"] + stats["screened"]
+    print(f"\n## {tag}: {arm['front']} front points; {stats['compile_tasks']} compiles sent "
+          f"({stats['cancelled']} cancelled at the deadline), {stats['screened']} screened out, "
+          f"{stats['duplicates']} duplicate asks, {stats['broke_budget']} broke the budget, {stats['failed']} failed, "
+          f"{stats['measured']} measured; {finished / minutes:.2f} candidates/min "
+          f"({(stats['compile_tasks'] - stats['cancelled']) / minutes:.2f} compiles/min) on {stats['workers']} "
+          f"worker(s) in {stats['elapsed_s']:.0f} s; load average {arm['load_before'][0]:.1f} -> "
+          f"{arm['load_after'][0]:.1f}")
+    print(arm["table"])
+    print(f"dominates -O3: {arm['dominates_o3']}; report {arm['report']}")
+
+
+@contextlib.contextmanager
+def _held(lock: str) -> Iterator[None]:
+    """Wait for the shared machine's benchmark lock and hold it (nothing when ``lock`` is empty)."""
+    if not lock:
+        yield
+        return
+    while Path(lock).exists():
+        time.sleep(20)
+    Path(lock).touch()
+    try:
+        yield
+    finally:
+        Path(lock).unlink(missing_ok=True)
 
 
 def _dominates_o3(result: SearchResult) -> str:
@@ -102,9 +182,13 @@ def _dominates_o3(result: SearchResult) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("overhead", "minilm"))
+    parser.add_argument("what", choices=("overhead", "startup", "minilm", "summary"))
     parser.add_argument("--time", type=float, default=1200.0, help="seconds per strategy (minilm)")
+    parser.add_argument("--strategy", choices=("tpe", "grid", "both"), default="both", help="minilm's arms")
     parser.add_argument("--workers", type=int)
+    parser.add_argument("--lock", default="", help="a lock file to wait for and hold while each arm runs")
+    parser.add_argument("--repeats", type=int, default=3, help="Ray starts per variant (startup)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="the stretch compared (summary)")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "greencc-search-bench"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -112,8 +196,13 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if args.what == "overhead":
         overhead(work)
+    elif args.what == "startup":
+        startup(args.repeats)
+    elif args.what == "summary":
+        summary(work, args.minutes)
     else:
-        minilm(work, args.time, args.workers)
+        strategies = ("tpe", "grid") if args.strategy == "both" else (args.strategy,)
+        minilm(work, args.time, strategies, args.workers, args.lock)
 
 
 if __name__ == "__main__":

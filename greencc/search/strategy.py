@@ -52,12 +52,13 @@ class OptunaStrategy:
     def __init__(self, space: SearchSpace, sampler: str = "tpe", seed: int = 0) -> None:
         import optuna  # lazily: only a search needs it
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # ERROR: TPE logs a warning for every parameter it samples independently of the others
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         self._optuna = optuna
         self.space = space
         samplers = {
             "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP, multivariate=True,
-                                                      group=True, warn_independent_sampling=False),
+                                                      group=True),
             "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, population_size=NSGA2_POPULATION),
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         }
