@@ -8,7 +8,8 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,23 @@ class Row:
     stats: LatencyStats
     ratio: float | None = None
     note: str = ""
+
+
+@contextmanager
+def holding(lock: str, poll_s: float = 20.0) -> Iterator[None]:
+    """Hold a shared machine's benchmark lock file while timing: wait until ``lock`` is gone,
+    create it, remove it afterwards (an empty ``lock`` holds nothing)."""
+    if not lock:
+        yield
+        return
+    path = Path(lock)
+    while path.exists():
+        time.sleep(poll_s)
+    path.touch()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def time_contenders(contenders: dict[str, Callable[[], object]], *, repeats: int, warmup: int,

@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 
-from benchmarks.common import ROOT, write_section
+from benchmarks.common import ROOT, holding, write_section
 from greencc.measure.energy import best_meter
 from greencc.model import DecoderSpec
 from scripts.train_llm import corpus_text, ensure_large_random, ensure_trained, split_bytes
@@ -619,9 +619,10 @@ def run(args: argparse.Namespace) -> str:
         except Exception as exc:
             missing[name] = f"failed to load: {_reason(exc)}"
     vocab = json.loads((large / "config.json").read_text())["vocab_size"]
-    figures = measure_speed(contenders, turns=args.turns, new_tokens=args.new_tokens, vocab=vocab, log=log)
-    contenders.clear()
-    rss = {name: peak_rss_mb(name, built[name], args.threads, args.new_tokens) for name in figures}
+    with holding(args.lock):
+        figures = measure_speed(contenders, turns=args.turns, new_tokens=args.new_tokens, vocab=vocab, log=log)
+        contenders.clear()
+        rss = {name: peak_rss_mb(name, built[name], args.threads, args.new_tokens) for name in figures}
     shape = json.loads((large / "config.json").read_text())
     meter = best_meter("cpu")
     body.append(
@@ -661,6 +662,7 @@ def main() -> None:
                         help="on the large model, measure only the greencc contenders already built in --workdir "
                         "(report the others)")
     parser.add_argument("--build-only", action="store_true", help="build the large model's contenders into --workdir and stop")
+    parser.add_argument("--lock", default="", help="a lock file to wait for and hold while timing (a shared machine)")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md alone")
     parser.add_argument("--rss-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
