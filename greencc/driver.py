@@ -173,6 +173,7 @@ def _optimize(
     ``compile`` lowers with."""
     if target is not None and profile is None:
         target = _resolve_target(target)
+    batches = _label_batches(labels, calibration)
     ctx = PassContext(
         target=target,
         profile=profile,
@@ -185,10 +186,10 @@ def _optimize(
         config=config,
         executor=Executor.for_compile(target),  # one per compile: every model the run executes
         progress=progress,
+        labels=batches,
     )
     manager = PassManager(pipeline)
     report = new_report(model, ctx, str(manager.pipeline))
-    batches = _label_batches(labels, calibration)
     if verify and ctx.budget is not None:
         missing = ctx.budget.uncheckable(labels=batches is not None, language_model=is_language_model(model))
         if missing:

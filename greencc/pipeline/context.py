@@ -47,8 +47,9 @@ class PassContext:
     and random verification inputs; ``verify`` turns numerical verification after each
     pass on or off; ``reproducer_dir`` is where a failing run writes its reproducer;
     ``config`` is the :class:`~greencc.config.CompileConfig` the run belongs to (what a
-    reproducer records). ``progress`` (a callback receiving
-    :class:`~greencc.pipeline.progress.ProgressEvent` s, or a reporter) becomes
+    reproducer records); ``labels`` the calibration samples' integer class ids, one array
+    per calibration batch (an ``acc=`` budget's; a reproducer keeps them). ``progress`` (a
+    callback receiving :class:`~greencc.pipeline.progress.ProgressEvent` s, or a reporter) becomes
     ``ctx.progress``, the :class:`~greencc.pipeline.progress.ProgressReporter` long passes
     report their inner steps through: ``ctx.progress.step("sensitivity", done, total)``.
 
@@ -74,6 +75,7 @@ class PassContext:
         verification_samples: int = 2,
         config: CompileConfig | None = None,
         executor: Executor | None = None,
+        labels: Sequence[Any] | None = None,
     ) -> None:
         self.target = resolve_target(target) if target is not None else None
         self.profile = _resolve_profile(profile, self.target)
@@ -90,6 +92,7 @@ class PassContext:
         self.executor = executor if executor is not None else Executor.for_compile(self.target)
         self.reference = VerificationReference(self.executor)
         self.config = config
+        self.labels = list(labels) if labels is not None else None
         self.near_misses: list[NearMiss] = []
         self._analyses: dict[str, Any] = {}
         self._token: contextvars.Token | None = None

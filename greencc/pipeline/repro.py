@@ -1,7 +1,7 @@
 """Reproducers: a failing pipeline run writes a directory that ``greencc repro DIR``
 replays (through the driver): the input model, the pipeline up to the failing pass, the
 run's :class:`~greencc.config.CompileConfig` (target and its options, dims, budget, seed),
-a copy of its calibration data and of its plugin files. Older reproducers (input model,
+a copy of its calibration data (with the samples' labels) and of its plugin files. Older reproducers (input model,
 pipeline text and options.json only) still read.
 """
 
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from greencc.config import CompileConfig, file_sha256, is_plugin_file
+from greencc.data import LABELS_NAME
 from greencc.errors import UsageError
 
 if TYPE_CHECKING:
@@ -54,8 +55,9 @@ def write_reproducer(
 
     ``model`` is the pipeline's input and ``pipeline_text`` the passes up to the failing
     one. The target options, dims, seed, budget and verify flag come from ``ctx``, the rest
-    of the config from ``ctx.config``; ``ctx.calibration`` is copied as an ``.npz`` and
-    plugin files named in the config are copied under ``plugins/``.
+    of the config from ``ctx.config``; ``ctx.calibration`` is copied as an ``.npz`` (with
+    ``ctx.labels`` as its ``labels`` array, so an ``acc=`` budget replays) and plugin files
+    named in the config are copied under ``plugins/``.
     """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"greencc-repro-{time.strftime('%Y%m%d-%H%M%S')}-{id(error) % 10000:04d}"
@@ -88,7 +90,7 @@ def write_reproducer(
             seed=ctx.seed,
             verify=ctx.verify,
             plugins=_copy_plugins(base.plugins, staging),
-            **_copy_calibration(ctx.calibration, staging),
+            **_copy_calibration(ctx.calibration, staging, _labels_to_keep(ctx, model)),
         )
         (staging / CONFIG_FILE).write_text(config.to_json())
         staging.rename(final)
@@ -127,10 +129,19 @@ def read_reproducer(directory: str | Path) -> Reproducer:
     return Reproducer(directory, config, has_target, options.get("profile"), options.get("error"))
 
 
-def _copy_calibration(calibration: Any, directory: Path) -> dict[str, str | None]:
-    """Save the run's calibration feeds as ``calibration.npz`` in ``directory``; returns
-    the config's calibration fields. Batches of one shape are stacked on a new axis 0 (so
-    they read back as the same batches); otherwise they are concatenated along axis 0."""
+def _labels_to_keep(ctx: PassContext, model: Model) -> np.ndarray | None:
+    """The run's labels, one per calibration sample in order, or ``None`` without labels
+    or where a model input is itself named ``labels`` (the ``.npz`` array is then a feed)."""
+    if ctx.labels is None or LABELS_NAME in {spec.name for spec in model.inputs}:
+        return None
+    return np.concatenate([np.asarray(batch) for batch in ctx.labels])
+
+
+def _copy_calibration(calibration: Any, directory: Path, labels: np.ndarray | None = None) -> dict[str, str | None]:
+    """Save the run's calibration feeds as ``calibration.npz`` in ``directory``, with
+    ``labels`` (one per sample) as its ``labels`` array; returns the config's calibration
+    fields. Batches of one shape are stacked on a new axis 0 (so they read back as the same
+    batches); otherwise they are concatenated along axis 0."""
     if calibration is None:
         return {"calibration": None, "calibration_sha256": None}
     batches: list[Mapping[str, Any]] = list(calibration)
@@ -140,6 +151,8 @@ def _copy_calibration(calibration: Any, directory: Path) -> dict[str, str | None
         parts = [np.asarray(feed[name]) for feed in batches]
         uniform = all(p.shape == parts[0].shape for p in parts)
         arrays[name] = np.stack(parts) if uniform else np.concatenate(parts)
+    if labels is not None:
+        arrays[LABELS_NAME] = labels
     path = directory / CALIBRATION_FILE
     with open(path, "wb") as handle:
         np.savez(handle, **arrays)
