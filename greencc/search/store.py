@@ -7,6 +7,7 @@ transaction per event, so a killed or interrupted search leaves it consistent.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     energy_label TEXT,
     artifact TEXT,
     compile_node TEXT,
+    compile_start REAL,
     compile_s REAL,
     measure_node TEXT,
     measure_start REAL,
@@ -51,15 +53,19 @@ CREATE TABLE IF NOT EXISTS candidates (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# The nullable columns of the candidates table, by name: the ones a store written by an
+# older greencc may lack.
+_COLUMNS = dict(re.findall(r"^    (\w+) (TEXT|REAL|INTEGER),$", _SCHEMA, flags=re.MULTILINE))
 
 
 @dataclass
 class Candidate:
     """One finished candidate. Units: mJ and ms per inference, bytes, seconds; times are
-    Unix seconds; ``load_before`` / ``load_after`` the node's 1-minute load average when
-    its measurement began and ended; ``fidelity`` the minimum cosine similarity to the
-    original model's outputs; ``artifact`` the saved artifact directory (with its ledger,
-    report.json and report.html)."""
+    Unix seconds (``compile_start`` on the compiling worker's clock); ``load_before`` /
+    ``load_after`` the node's 1-minute load average when its measurement began and ended;
+    ``fidelity`` the minimum cosine similarity to the original model's outputs;
+    ``artifact`` the saved artifact directory (with its ledger, report.json and
+    report.html)."""
 
     digest: str
     params: dict[str, Any]
@@ -75,6 +81,7 @@ class Candidate:
     energy_label: str | None = None
     artifact: str | None = None
     compile_node: str | None = None
+    compile_start: float | None = None
     compile_s: float | None = None
     measure_node: str | None = None
     measure_start: float | None = None
@@ -110,6 +117,7 @@ class CandidateStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
 
     def close(self) -> None:
         """Close the database (every write is already committed)."""
@@ -158,6 +166,14 @@ class CandidateStore:
     def meta(self) -> dict[str, Any]:
         """The recorded settings."""
         return {key: json.loads(value) for key, value in self._db.execute("SELECT key, value FROM meta")}
+
+    def _add_missing_columns(self) -> None:
+        """Bring a store written before a column existed up to the schema (the new column
+        empty in its old rows)."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(candidates)")}
+        for name, column_type in _COLUMNS.items():
+            if name not in present:
+                self._db.execute(f"ALTER TABLE candidates ADD COLUMN {name} {column_type}")
 
     def _transaction(self) -> Any:
         return _Transaction(self._db)

@@ -43,9 +43,9 @@ def compile_candidate(config: Mapping[str, Any], artifact_dir: str) -> dict[str,
     ``artifact_dir``. Returns ``status`` (``compiled``, ``broke-budget`` or ``failed``),
     ``reason``, the final row's ``est_energy_mj`` / ``est_latency_ms`` (per inference),
     ``fidelity`` (minimum cosine to the original's outputs), ``model_bytes``,
-    ``compile_s`` (s), ``node`` and ``artifact``."""
+    ``compile_start`` (Unix s), ``compile_s`` (s), ``node`` and ``artifact``."""
     start = time.perf_counter()
-    result: dict[str, Any] = {"node": node_id(), "artifact": None}
+    result: dict[str, Any] = {"node": node_id(), "artifact": None, "compile_start": time.time()}
     try:
         compiled = compile_model(config=CompileConfig.from_dict(config), output_dir=artifact_dir,
                                  instruments=[StopOnRollback()])

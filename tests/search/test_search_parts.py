@@ -80,6 +80,21 @@ def test_store_round_trips_and_survives_reopening(tmp_path: Path) -> None:
         assert store.meta() == {"objective": "energy"}
 
 
+def test_a_store_written_before_a_column_existed_gains_it(tmp_path: Path) -> None:
+    import sqlite3
+
+    with CandidateStore(tmp_path) as store:
+        store.put(_candidate("a", 1.0, 2.0, 0.999))
+    db = sqlite3.connect(tmp_path / "search.db")
+    db.execute("ALTER TABLE candidates DROP COLUMN compile_start")
+    db.commit()
+    db.close()
+    with CandidateStore(tmp_path) as store:
+        assert store.get("a").compile_start is None
+        store.put(Candidate("b", {}, {"pipeline": "x"}, COMPILED, compile_start=5.0))
+        assert store.get("b").compile_start == 5.0 and len(store) == 2
+
+
 def test_pareto_front_keeps_the_non_dominated() -> None:
     exact = _candidate("exact", 3.0, 2.0, 1.0)
     cheap = _candidate("cheap", 1.0, 1.5, 0.995)

@@ -1,8 +1,9 @@
-"""The search on a simulated 2-node Ray cluster (``ray.cluster_utils.Cluster``, one CPU and
-one measurement slot per node) over a small MatMul model: candidates run on both nodes,
-measurements never overlap on a node (from the store's timestamps), a rerun compiles
-nothing, a worker killed mid-candidate loses nothing, ``greencc search --resume DIR
---report`` reports the stored front."""
+"""The search on a simulated 2-node Ray cluster (``ray.cluster_utils.Cluster``: a head of two
+CPUs and a node of one, one measurement slot each) over a small MatMul model: candidates
+run on both nodes, a measurement overlaps neither another measurement nor a compile on its
+node (from the store's timestamps), a rerun compiles nothing, a worker killed
+mid-candidate loses nothing, ``greencc search --resume DIR --report`` reports the stored
+front."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "resources": {"measure_slot": 1}, "include_dashboard": False})
+        "num_cpus": 2, "resources": {"measure_slot": 1}, "include_dashboard": False})
     cluster.add_node(num_cpus=1, resources={"measure_slot": 1})
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
@@ -65,6 +66,10 @@ def test_two_nodes_store_everything_and_a_rerun_compiles_nothing(cluster, model:
     for windows in by_node.values():
         windows.sort()
         assert all(end <= next_start for (_, end), (next_start, _) in zip(windows, windows[1:], strict=False))
+    for m in measured:  # alone on its node: no compile there overlaps it, on the 2-CPU head either
+        beside = [c for c in first.candidates if c.compile_node == m.measure_node
+                  and c.compile_start < m.measure_end and c.compile_start + c.compile_s > m.measure_start]
+        assert beside == []
     assert first.pareto and first.report is not None and first.report.is_file()
 
     again = _search(model, tmp_path, screen=False)
