@@ -331,6 +331,7 @@ class WeightPlan:
         names = NameScope(model.ir)
         nodes = list(graph)  # the plan's sites are positions in the input model's node order
         done: list[str] = []
+        made: dict[str, ir.Node] = {}
         for site in self.sites:
             node = nodes[site.index]
             if site.name in keep_float or node.op_type != site.node.op_type:
@@ -341,6 +342,7 @@ class WeightPlan:
                 new = self._matmul_nbits(graph, names, node, self.weights[site.name])
             inherit_provenance(new, [node])
             graph.insert_before(node, new)
+            made[site.name] = new
             redirect(graph, node.outputs[0], new.outputs[0], before=node, replaced=[node])
             replaced = [v for v in node.inputs if v is not None and v.is_initializer()]
             remove_node(node)
@@ -348,9 +350,43 @@ class WeightPlan:
                 if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
                     del graph.initializers[value.name]
             done.append(site.name)
+        self._share_tied_table(graph, names, made)
         if done:
             model.ir.opset_imports.setdefault(CONTRIB, 1)
         return done
+
+    def _share_tied_table(self, graph: ir.Graph, names: NameScope, made: dict[str, ir.Node]) -> None:
+        """A quantized embedding whose blocks are byte for byte the quantized lm_head's (tied
+        weights, both rounded to nearest at the same bits and block) reads the lm_head's
+        initializers through a Reshape instead of keeping its own copy."""
+        heads = [s for s in self.sites if s.kind == "lm_head" and s.name in made]
+        for site in (s for s in self.sites if s.kind == "embedding" and s.name in made):
+            data, scales, zero = self.embeddings[site.name]
+            for head in heads:
+                weight = self.weights[head.name]
+                b, head_scales, head_zero = pack_matmul_nbits(weight)
+                if (zero is not None or head_zero is not None or b.size != data.size
+                        or not np.array_equal(b.reshape(data.shape), data)
+                        or not np.array_equal(head_scales.reshape(scales.shape), scales)):
+                    continue
+                gather, nbits = made[site.name], made[head.name]
+                own = [gather.inputs[0], gather.inputs[2]]
+                shared = []
+                for index, shape in ((1, data.shape), (2, scales.shape)):
+                    source = nbits.inputs[index]
+                    assert source is not None
+                    view = ir.node("Reshape", [source, new_initializer(graph, names.fresh(f"{source.name}_shape"),
+                                                                        np.array(shape, dtype=np.int64))],
+                                   outputs=[ir.Value(name=names.fresh(f"{source.name}_as_table"))])
+                    inherit_provenance(view, [gather])
+                    graph.insert_before(gather, view)
+                    shared.append(view.outputs[0])
+                gather.replace_input_with(0, shared[0])
+                gather.replace_input_with(2, shared[1])
+                for value in own:
+                    if value is not None and not value.uses():
+                        del graph.initializers[value.name]
+                break
 
     def _matmul_nbits(self, graph: ir.Graph, names: NameScope, node: ir.Node, weight: BlockQuantized) -> ir.Node:
         base = node.inputs[1].name or node.name

@@ -19,7 +19,7 @@ from greencc.data import CalibrationData
 from greencc.errors import UsageError
 from greencc.instruments.verify import VerifyInstrument
 from greencc.ir import to_self_contained_proto
-from greencc.passes.quantize.quantize_weights import lm_head_node
+from greencc.passes.quantize.quantize_weights import WeightPlan, lm_head_node
 from greencc.pipeline.base import get_pass_class
 from greencc.pipeline.context import PassContext
 from greencc.pipeline.manager import PassManager
@@ -215,6 +215,40 @@ def test_tied_lm_head_read_through_transpose_is_quantized():
     got, want = run_ort(model, feeds)[0], run_ort(reference, feeds)[0]
     cosine = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
     assert cosine > 0.999
+
+
+def _tied_gpt2() -> gc.Model:
+    """Tiny GPT-2 whose lm_head reads the token embedding table through a Transpose (tied)."""
+    model, _ = gc.optimize(decoder_model("gpt2"), "cleanup,fuse,dce", verify=False)
+    head = lm_head_node(model.graph)
+    gather = next(n for n in model.graph if n.op_type == "Gather" and n.inputs[0].const_value is not None
+                  and n.inputs[0].shape[0] == head.inputs[1].shape[1])
+    transpose = ir.node("Transpose", [gather.inputs[0]], {"perm": [1, 0]}, name="tied_lm_head_transpose")
+    model.graph.insert_before(head, transpose)
+    head.replace_input_with(1, transpose.outputs[0])
+    return model
+
+
+def test_a_tied_int4_embedding_shares_the_lm_head_blocks(monkeypatch):
+    model = _tied_gpt2()
+    feeds = random_feeds(model, seed=0, dims={"batch": 2, "seq": 3, "past_seq": 2, "total_seq": 5})
+    shared = model.clone()
+    run_fusion(shared, "quantize-weights", bits=4, embeddings="quantize")
+    gathers = [n for n in shared.graph if n.op_type == "GatherBlockQuantized"]
+    token = [n for n in gathers if n.inputs[0].producer() is not None]
+    assert len(token) == 1  # the token table; the position table has no twin
+    vocab = gc.DecoderSpec.of(shared).vocab_size
+    (nbits,) = [n for n in shared.graph if n.op_type == "MatMulNBits" and n.attributes["N"].as_int() == vocab]
+    assert token[0].inputs[0].producer().op_type == "Reshape"
+    assert token[0].inputs[0].producer().inputs[0] is nbits.inputs[1]
+    assert token[0].inputs[2].producer().inputs[0] is nbits.inputs[2]
+    monkeypatch.setattr(WeightPlan, "_share_tied_table", lambda *args: None)
+    separate = model.clone()
+    run_fusion(separate, "quantize-weights", bits=4, embeddings="quantize")
+    assert sum(v.const_value.nbytes for v in shared.graph.initializers.values()) < sum(
+        v.const_value.nbytes for v in separate.graph.initializers.values())
+    for got, want in zip(run_ort(shared, feeds), run_ort(separate, feeds), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 # -- declines ----------------------------------------------------------------------------
