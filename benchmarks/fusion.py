@@ -1,9 +1,9 @@
 """Fusion on the real all-MiniLM-L6-v2 against the tools users have today: PyTorch eager,
 ONNX Runtime on the default export, ONNX Runtime's transformer optimizer on its best
 export (the legacy TorchScript export with eager attention) and on the default export,
-and greencc -O2 on the default export. Batch 1 and 8, seq 128, one process, same inputs,
-same thread count, timed in paired turns; fused-op counts and errors against eager next
-to the latencies.
+and greencc -O2 on the default export, run by ort-cpu and by torch-inductor. Batch 1 and 8,
+seq 128, one process, same inputs, same thread count, timed in paired turns; fused-op counts
+and errors against eager next to the latencies.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.fusion [--threads 2] [--repeats 30]
 """
@@ -31,6 +31,7 @@ import greencc.passes.fusion  # noqa: F401 - registers the fusion passes until g
 from benchmarks.common import Row, seeded_tokens, table, write_section
 from examples.compile_minilm import SENTENCES, SentenceEncoder
 from greencc.measure.latency import LatencyStats
+from greencc.target import resolve_target
 
 TITLE = "Fusion (issue 3)"
 FUSED_OPS = ("Attention", "SkipLayerNormalization", "BiasGelu", "EmbedLayerNormalization")
@@ -156,6 +157,10 @@ def main() -> None:
         compiled = gc.compile(default, "ort-cpu", pipeline, threads=args.threads, calibration=[feeds])
         compile_s = time.perf_counter() - start
         greencc_ops = Counter(n.op_type for n in compiled.model.graph)
+        start = time.perf_counter()
+        inductor = resolve_target("torch-inductor", threads=args.threads).lower(compiled.model)
+        inductor_s = time.perf_counter() - start
+        inductor_name = f"greencc {pipeline} -> torch-inductor"
 
         default_session = _session(gc.ir.to_self_contained_proto(default.ir), args.threads)
         default_path = workdir / f"default_b{batch}.onnx"
@@ -177,24 +182,28 @@ def main() -> None:
             "ORT optimizer, legacy eager export": lambda s=ort_best, f=feeds: s.run(None, f),
             "ORT optimizer, default export": lambda s=ort_default, f=feeds: s.run(None, f),
             f"greencc {pipeline}, default export": lambda c=compiled, f=feeds: c(f),
+            inductor_name: lambda c=inductor, f=feeds: c(f),
         }
         errors = {
             "ORT, default export": default_session.run(None, feeds)[0],
             "ORT optimizer, legacy eager export": ort_best.run(None, feeds)[0],
             "ORT optimizer, default export": ort_default.run(None, feeds)[0],
             f"greencc {pipeline}, default export": compiled(feeds)[compiled.model.outputs[0].name],
+            inductor_name: inductor(feeds)[inductor.model.outputs[0].name],
         }
         notes = {
             "ORT, default export": f"{len(default.graph)} nodes",
             "ORT optimizer, legacy eager export": f"{sum(ort_best_ops.values())} nodes: {_fused_counts(ort_best_ops)}",
             "ORT optimizer, default export": f"{sum(ort_default_ops.values())} nodes: {_fused_counts(ort_default_ops)}",
             f"greencc {pipeline}, default export": f"{len(compiled.model.graph)} nodes: {_fused_counts(greencc_ops)}",
+            inductor_name: f"the -O2 graph lowered to torch.fx, AOTInductor package; compile {inductor_s:.1f} s (cold)",
         }
         samples = time_paired(contenders, repeats=args.repeats, warmup=5)
         stats = {name: LatencyStats.from_samples(v, warmup=5, threads=args.threads) for name, v in samples.items()}
         ours_name = f"greencc {pipeline}, default export"
         vs_best = paired_ratio(samples, ours_name, "ORT optimizer, legacy eager export")
         vs_plain = paired_ratio(samples, ours_name, "ORT, default export")
+        inductor_vs_ort = paired_ratio(samples, inductor_name, ours_name)
         rows = []
         for name, s in stats.items():
             note = notes.get(name, "")
@@ -208,6 +217,8 @@ def main() -> None:
             f"export {export_s:.1f} s (dynamo), compile {pipeline} {compile_s:.1f} s (verification included); "
             f"greencc / ORT optimizer (best export), per turn: median {vs_best[0]:.3f} (p10–p90 {vs_best[1]:.2f}–{vs_best[2]:.2f}); "
             f"greencc / ORT on the default export: {vs_plain[0]:.3f} ({vs_plain[1]:.2f}–{vs_plain[2]:.2f}); "
+            f"torch-inductor / ort-cpu on the same -O2 graph: {inductor_vs_ort[0]:.3f} "
+            f"({inductor_vs_ort[1]:.2f}–{inductor_vs_ort[2]:.2f}), its compile {inductor_s:.1f} s; "
             f"activation traffic removed by fusion {removed / 2**20:.1f} MiB per inference; "
             f"estimated energy {compiled.report.baseline.est_energy_mj:.1f} -> {compiled.report.final.est_energy_mj:.1f} mJ "
             f"(profile {compiled.report.profile['name']}, uncalibrated)\n\n"
