@@ -400,9 +400,13 @@ def recover_once(original: gc.Model, pruned: gc.Model, samples: list[dict[str, n
 
 
 def ort_dynamic_int8(workdir: Path, batch_feeds: dict[str, np.ndarray]) -> Path:
-    """ONNX Runtime's dynamic int8 (per tensor) on its fused MiniLM, as benchmarks/int8.py builds it."""
+    """ONNX Runtime's dynamic int8 (per tensor) on its fused MiniLM, as benchmarks/int8.py builds it
+    (its shape pre-processing first, ``DefaultTensorType=FLOAT`` for the fused ops' outputs)."""
+    import contextlib
+
+    import onnx
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
     from benchmarks.fusion import MINILM_HEADS, MINILM_HIDDEN, _legacy_export
@@ -411,7 +415,11 @@ def ort_dynamic_int8(workdir: Path, batch_feeds: dict[str, np.ndarray]) -> Path:
     legacy, fused, out = workdir / "legacy.onnx", workdir / "fused.onnx", workdir / "ort_dynamic.onnx"
     _legacy_export(minilm_module("eager"), {k: torch.from_numpy(v) for k, v in batch_feeds.items()}, legacy)
     optimize_model(str(legacy), model_type="bert", num_heads=MINILM_HEADS, hidden_size=MINILM_HIDDEN).save_model_to_file(str(fused))
-    quantize_dynamic(str(fused), str(out), per_channel=False, weight_type=QuantType.QInt8)
+    prepared = workdir / "pre_fused.onnx"
+    with contextlib.chdir(workdir):  # the quantizer leaves temporary files in the working directory
+        quant_pre_process(str(fused), str(prepared), skip_optimization=True, auto_merge=True, guess_output_rank=True)
+        quantize_dynamic(str(prepared), str(out), per_channel=False, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return out
 
 
@@ -428,6 +436,7 @@ def recovery_main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--adafactor-lr", type=float, default=2e-4)
+    parser.add_argument("--loss", choices=("output", "hidden"), default="hidden", help="recover's loss")
     parser.add_argument("--eval", type=int, default=80, help="evaluation sentences")
     parser.add_argument("--train-threads", type=int, default=1, help="torch threads while training")
     parser.add_argument("--lock", default="", help="a lock file to wait for and hold while timing")
@@ -472,7 +481,7 @@ def recovery_main() -> None:
     note(f"{len(distill_text)} distillation sentences from pydoc_data.topics (padded to {args.distill_seq} tokens), "
          f"disjoint from the {len(evaluation_text)} evaluation sentences; pruning scored on {len(calibration)} calibration sentences")
     base = {"lr": args.lr, "max_steps": args.steps, "batch": args.batch, "data": str(rows_path), "patience": 4,
-            "held_out": 0.1, "eval_every": 25}
+            "held_out": 0.1, "eval_every": 25, "loss": args.loss}
     table_rows: list[str] = []
     timed: dict[str, gc.Model] = {"original": model}
     recovered_by_ratio: dict[float, gc.Model] = {}
@@ -512,7 +521,8 @@ def recovery_main() -> None:
                                      {**base, "data": str(few), "lr": 1e-3, "max_steps": 400, "batch": 8,
                                       "eval_every": 5, "patience": 3}, "early stopping")
     curve = ", ".join(f"{k.split('.')[1]}: {v:.4f}" for k, v in stats.items() if k.startswith("curve."))
-    note(f"Early stopping (48 sentences, 38 trained on, lr 1e-3, max_steps 400, held-out loss every 5 steps, patience 3): "
+    note(f"Early stopping (48 sentences: {int(stats['rows_train'])} trained on, {int(stats['rows_held_out'])} held out; "
+         f"lr 1e-3, batch 8, max_steps 400, held-out loss every 5 steps, patience 3): "
          f"stopped after {int(stats['steps_run'])} steps (stopped_early={int(stats['stopped_early'])}), restored step "
          f"{int(stats['best_step'])} with held-out loss {stats['loss_best']:.4f} (from {stats['loss_before']:.4f}); "
          f"{wall:.0f} s. Held-out loss by step: {curve}")
@@ -520,7 +530,8 @@ def recovery_main() -> None:
     # The goal: prune + recover + int8, compiled as one pipeline, against ORT's dynamic int8.
     best_ratio = max(recovered_by_ratio)
     pipeline = (f"cleanup,prune-heads{{ratio={best_ratio}}},prune-ffn{{ratio={best_ratio}}},"
-                f"recover{{lr={args.lr},max_steps={args.steps},batch={args.batch},data={rows_path}}},fuse,dce,{INT8}")
+                f"recover{{lr={args.lr},max_steps={args.steps},batch={args.batch},loss={args.loss},eval_every=25,"
+                f"held_out=0.1,data={rows_path}}},fuse,dce,{INT8}")
     events: list[str] = []
 
     def progress(event) -> None:
@@ -570,7 +581,7 @@ def recovery_main() -> None:
     body = "\n\n".join([
         f"all-MiniLM-L6-v2 exported with dynamic batch and seq. Each row prunes the given fraction of heads "
         f"(ablation scores) and of FFN neurons (activation scores, mean folded into the bias), scored on "
-        f"`{CALIBRATION_TEXT.relative_to(ROOT)}`, then runs `recover` (AdamW or Adafactor, {args.steps} steps at most, "
+        f"`{CALIBRATION_TEXT.relative_to(ROOT)}`, then runs `recover` (loss={args.loss}, AdamW or Adafactor, {args.steps} steps at most, "
         f"batch {args.batch}, 10% of the distillation sentences held out and scored every 25 steps, patience 4) with the unpruned model as the "
         "teacher. Fidelity: mean-pooled sentence embeddings against the unpruned model on the evaluation sentences "
         f"(`{EVALUATION_TEXT.relative_to(ROOT)}`, seq {args.seq}): cosine mean / min / NN@1. MACs: analytic, batch 1, "

@@ -39,8 +39,10 @@ class Settings:
     ``max_steps`` optimizer steps of ``batch`` rows, held-out evaluation every
     ``eval_every`` steps, stop after ``patience`` evaluations without improvement;
     ``targets``: the output names matched (``hidden`` among them weighed the same as the
-    graph outputs, see :func:`relative_loss`); ``fake_quant``: torch parameter name ->
-    output-channel axis (``None``: per tensor) of the weights fake-quantized to int8."""
+    graph outputs, see :func:`relative_loss`); ``padding_mask``: the input whose
+    ``[batch, seq]`` zeros mark padded positions, left out of the loss (``None``: every
+    position counts); ``fake_quant``: torch parameter name -> output-channel axis
+    (``None``: per tensor) of the weights fake-quantized to int8."""
 
     optimizer: str
     lr: float
@@ -50,6 +52,7 @@ class Settings:
     eval_every: int
     targets: tuple[str, ...]
     seed: int
+    padding_mask: str | None = None
     fake_quant: Mapping[str, int | None] = field(default_factory=dict)
 
 
@@ -72,9 +75,22 @@ class Outcome:
 
 
 def train(module: torch.nn.Module, input_names: Sequence[str], output_names: Sequence[str], data: DistillData,
-          teacher: TeacherRun, settings: Settings, progress: Callable[[int, int], None]) -> Outcome:
+          teacher: TeacherRun, settings: Settings, progress: Callable[[int, int], None],
+          threads: int | None = None) -> Outcome:
     """Distill ``module`` (in place) towards ``teacher`` on ``data`` and leave it at its best
-    held-out step; ``progress(done, total)`` is called after every step."""
+    held-out step; ``progress(done, total)`` is called after every step. ``threads``:
+    torch's intra-op threads meanwhile (``None``: as set), restored afterwards."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _train(module, input_names, output_names, data, teacher, settings, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(module: torch.nn.Module, input_names: Sequence[str], output_names: Sequence[str], data: DistillData,
+           teacher: TeacherRun, settings: Settings, progress: Callable[[int, int], None]) -> Outcome:
     start = time.perf_counter()
     torch.manual_seed(settings.seed)
     module.train()
@@ -87,12 +103,15 @@ def train(module: torch.nn.Module, input_names: Sequence[str], output_names: Seq
     def forward(feeds: Feeds) -> dict[str, torch.Tensor]:
         return run_module(module, input_names, output_names, feeds)
 
+    def mask_of(feeds: Feeds) -> np.ndarray | None:
+        return feeds.get(settings.padding_mask) if settings.padding_mask else None
+
     held_out = [(group, [teacher(feeds) for feeds in group])
                 for group in batches(data.held_out, settings.batch, data.stackable)]
 
     def evaluate() -> float:
         with torch.no_grad():
-            losses = [relative_loss(forward(feeds), expected, settings.targets)
+            losses = [relative_loss(forward(feeds), expected, settings.targets, mask_of(feeds))
                       for group, targets in held_out for feeds, expected in zip(group, targets, strict=True)]
         return float(torch.stack(losses).mean())
 
@@ -109,7 +128,7 @@ def train(module: torch.nn.Module, input_names: Sequence[str], output_names: Seq
         group = order.pop(0)
         optimizer.zero_grad(set_to_none=True)
         for feeds in group:
-            loss = relative_loss(forward(feeds), teacher(feeds), settings.targets) / len(group)
+            loss = relative_loss(forward(feeds), teacher(feeds), settings.targets, mask_of(feeds)) / len(group)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
         for param, mask in masks:
@@ -154,14 +173,21 @@ def run_module(module: torch.nn.Module, input_names: Sequence[str], output_names
 
 
 def relative_loss(got: Mapping[str, torch.Tensor], expected: Mapping[str, np.ndarray],
-                  targets: Sequence[str]) -> torch.Tensor:
+                  targets: Sequence[str], padding: np.ndarray | None = None) -> torch.Tensor:
     """Mean over ``targets`` of ``‖s − t‖² / ‖t‖²`` (student ``s``, teacher ``t``): scale-free,
-    so a hidden state and the output count alike, and ``1 − cos`` is bounded by it."""
+    so a hidden state and the output count alike, and ``1 − cos`` is bounded by it. Where
+    ``padding`` (``[batch, seq]``, zero at padded positions) matches a target's leading
+    dims, both norms sum over the unpadded positions only."""
     terms = []
     for name in targets:
         target = torch.from_numpy(np.asarray(expected[name], np.float32))
         student = got[name].float()
-        terms.append(((student - target) ** 2).sum() / ((target**2).sum() + EPS))
+        error, energy = (student - target) ** 2, target**2
+        if padding is not None and target.ndim >= 2 and tuple(target.shape[:2]) == padding.shape:
+            weight = torch.from_numpy(np.asarray(padding != 0, np.float32)).reshape(
+                *padding.shape, *([1] * (target.ndim - 2)))
+            error, energy = error * weight, energy * weight
+        terms.append(error.sum() / (energy.sum() + EPS))
     return torch.stack(terms).mean()
 
 

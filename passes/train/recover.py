@@ -18,7 +18,7 @@ from greencc.pipeline.base import Pass, PassResult, register_pass
 from greencc.pipeline.context import PassContext
 
 from .data import load_rows, split
-from .sites import following_int8, int8_weight_axes, is_float, shared_hidden_states
+from .sites import PADDING_MASK, following_int8, int8_weight_axes, is_float, shared_hidden_states
 
 
 @register_pass("recover")
@@ -45,8 +45,12 @@ class Recover(Pass):
     :func:`sites.shared_hidden_states`). ``qat``: fake-quantize the weights int8 will
     quantize (symmetric, per output channel unless the int8 pass says ``per_channel=false``)
     during training; ``auto`` does so when ``quantize-int8`` follows in the run's pipeline.
-    Deterministic under the compile's seed. Stats: held-out loss before and at the best
-    step, best step, steps run, whether early stopping ended training, rows used.
+    ``padding``: ``auto`` leaves padded positions (zeros of a rank-2 ``attention_mask``
+    input) out of the loss, as pooling and attention never read them; ``off`` counts every
+    position. ``threads``: torch's intra-op threads while training (0: the compile's
+    ``threads``, else torch's setting as it stands); restored afterwards. Deterministic
+    under the compile's seed. Stats: held-out loss before and at the best step, best step,
+    steps run, whether early stopping ended training, rows used.
     """
 
     lossy: ClassVar[bool] = True
@@ -61,6 +65,8 @@ class Recover(Pass):
     data: str = "calib"
     loss: Literal["output", "hidden"] = "output"
     qat: Literal["auto", "on", "off"] = "auto"
+    padding: Literal["auto", "off"] = "auto"
+    threads: int = 0
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -69,6 +75,8 @@ class Recover(Pass):
         for name in ("max_steps", "batch", "patience"):
             if getattr(self, name) < 1:
                 raise UsageError(f"recover: {name}={getattr(self, name)} must be at least 1")
+        if self.threads < 0:
+            raise UsageError(f"recover: threads={self.threads} must be >= 0 (0: the compile's threads)")
         if self.eval_every < 0:
             raise UsageError(f"recover: eval_every={self.eval_every} must be >= 0 (0: every twentieth of max_steps)")
         if not 0.0 < self.held_out < 1.0:
@@ -117,14 +125,16 @@ class Recover(Pass):
         settings = Settings(
             optimizer=self.optimizer, lr=self.lr, max_steps=self.max_steps, batch=self.batch,
             patience=self.patience, eval_every=self.eval_every or max(1, self.max_steps // 20),
-            targets=(*targets, *hidden), seed=ctx.seed,
+            targets=(*targets, *hidden), seed=ctx.seed, padding_mask=self._padding_mask(model),
             fake_quant={by_ir[name]: axis for name, axis in quantized.items() if name in by_ir},
         )
+        threads = self.threads or (ctx.config.threads if ctx.config is not None else None)
         outcome = train(lowered.module, lowered.input_names, lowered.output_names, data, teacher_runner, settings,
-                        lambda done, total: ctx.progress.step(f"recover ({self.optimizer})", done, total))
+                        lambda done, total: ctx.progress.step(f"recover ({self.optimizer})", done, total), threads)
         stats: dict[str, int | float] = {
             "rows_train": len(data.train), "rows_held_out": len(data.held_out), "hidden_states": len(hidden),
             "fake_quantized": len(settings.fake_quant), "masked_weights": outcome.masked_weights,
+            "padding_masked": int(settings.padding_mask is not None),
             "loss_before": outcome.loss_before, "loss_best": outcome.best_loss, "best_step": outcome.best_step,
             "steps_run": outcome.steps_run, "stopped_early": int(outcome.stopped_early),
             "train_s": outcome.wall_s, "optimizer_state_bytes": outcome.optimizer_state_bytes,
@@ -136,6 +146,15 @@ class Recover(Pass):
             return PassResult(model, False, stats)
         stats["weights_written"] = len(write_back(lowered, model.ir, provenance=str(self)))
         return PassResult(model, True, stats)
+
+    def _padding_mask(self, model: Model) -> str | None:
+        """The input whose zeros mark padded positions (``padding=auto``), if the model has one."""
+        if self.padding == "off":
+            return None
+        for value in model.graph.inputs:
+            if value.name == PADDING_MASK and value.shape is not None and len(value.shape) == 2 and not is_float(value):
+                return value.name
+        return None
 
     def _fake_quant_axes(self, model: Model, ctx: PassContext) -> dict[str, int | None]:
         """The weights to fake-quantize (initializer name -> channel axis), per ``qat``."""

@@ -19,6 +19,9 @@ NORMALIZATIONS = frozenset({
     "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RMSNormalization",
 })
 
+# The Hugging Face name of the [batch, seq] input whose zeros mark padded positions.
+PADDING_MASK = "attention_mask"
+
 
 def shared_hidden_states(student: Model, teacher: Model) -> list[str]:
     """The hidden states distilled by ``loss=hidden``, in the teacher's graph order: first

@@ -26,7 +26,7 @@ pytest.importorskip("torch")
 
 PRUNE = "prune-heads{ratio=0.5},prune-ffn{ratio=0.5}"
 # Enough steps at a learning rate a 2-layer, hidden-32 model recovers with in about a second.
-RECOVER = "recover{lr=0.003,max_steps=60,batch=4,eval_every=5,patience=20}"
+RECOVER = "recover{lr=0.003,max_steps=60,batch=4,eval_every=5,patience=20,threads=1}"
 
 
 def _calibration(count: int = 12, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -88,6 +88,7 @@ def test_recover_improves_a_pruned_models_fidelity():
     row = _row(report, "recover")
     assert row.modified and row.stats["loss_best"] < 0.5 * row.stats["loss_before"]
     assert row.stats["rows_train"] + row.stats["rows_held_out"] == 24
+    assert row.stats["padding_masked"] == 1
     before, after = _fresh_fidelity(pruned), _fresh_fidelity(recovered)
     assert after > before + 0.25 * (1 - before), (before, after)
     # The verification that follows scores the recovered model: better than after pruning.
@@ -108,7 +109,7 @@ def test_structure_is_kept_and_weights_carry_provenance():
 
 def test_early_stopping_restores_the_best_step():
     # A learning rate too high to settle: the held-out loss falls at first, then rises.
-    pipeline = f"{PRUNE},recover{{lr=0.02,max_steps=200,batch=4,eval_every=2,patience=3}}"
+    pipeline = f"{PRUNE},recover{{lr=0.02,max_steps=200,batch=4,eval_every=2,patience=3,threads=1}}"
     recovered, report = _optimize(pipeline)
     stats = _row(report, "recover").stats
     assert stats["stopped_early"] == 1 and stats["steps_run"] < 200
@@ -121,7 +122,8 @@ def test_early_stopping_restores_the_best_step():
     losses = []
     for (feeds,) in batches(data.held_out, 4, data.stackable):
         t, s = ort_outputs(teacher, feeds)[0], ort_outputs(recovered, feeds)[0]
-        losses.append(((s - t) ** 2).sum() / (t**2).sum())
+        kept = (feeds["attention_mask"] != 0)[..., None]  # padded positions are not in the loss
+        losses.append((((s - t) ** 2) * kept).sum() / ((t**2) * kept).sum())
     assert np.mean(losses) == pytest.approx(stats["loss_best"], rel=1e-3)
 
 
@@ -150,7 +152,7 @@ def test_hidden_states_are_matched_by_name_and_shape():
     names = shared_hidden_states(pruned, _bert())
     # The embeddings' LayerNorm and two per layer; the last one is the graph output.
     assert len(names) == 4
-    _, report = _optimize(f"{PRUNE},recover{{loss=hidden,lr=0.003,max_steps=20,batch=4}}")
+    _, report = _optimize(f"{PRUNE},recover{{loss=hidden,lr=0.003,max_steps=20,batch=4,threads=1}}")
     row = _row(report, "recover")
     assert row.stats["hidden_states"] == 4 and row.stats["loss_best"] < row.stats["loss_before"]
 
@@ -160,7 +162,7 @@ def test_qat_fake_quantizes_the_weights_int8_will_quantize():
     axes = int8_weight_axes(model, per_channel=True)
     matmuls = [n for n in model.graph if n.op_type == "MatMul" and n.inputs[1].is_initializer()]
     assert len(axes) == len(matmuls) == 12 and set(axes.values()) == {1}
-    _, report = _optimize(f"{PRUNE},recover{{qat=on,lr=0.003,max_steps=5,batch=4}}")
+    _, report = _optimize(f"{PRUNE},recover{{qat=on,lr=0.003,max_steps=5,batch=4,threads=1}}")
     assert _row(report, "recover").stats["fake_quantized"] == 12
     with_int8 = PassContext(config=CompileConfig(pipeline=f"{PRUNE},{RECOVER},fuse,quantize-int8"))
     without = PassContext(config=CompileConfig(pipeline=f"{PRUNE},{RECOVER},fuse"))
@@ -177,10 +179,25 @@ def test_declines_without_a_teacher_or_without_a_lossy_pass_before_it():
     assert "nothing to recover" in {m["pass"]: m["reason"] for m in report.near_misses}["recover"]
 
 
+def test_padded_positions_are_left_out_of_the_loss():
+    torch = pytest.importorskip("torch")
+    from greencc.passes.train.distill import relative_loss
+
+    teacher = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    student = teacher.copy()
+    student[1, 3:] += 10.0  # wrong only where the mask says padding
+    padding = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    got = {"out": torch.from_numpy(student)}
+    assert float(relative_loss(got, {"out": teacher}, ["out"], padding)) == 0.0
+    assert float(relative_loss(got, {"out": teacher}, ["out"])) > 1.0
+    # A mask whose shape is not the target's leading dims weighs nothing.
+    assert float(relative_loss(got, {"out": teacher}, ["out"], padding[:, :4])) > 1.0
+
+
 @pytest.mark.parametrize("options", [
     {"lr": 0}, {"lr": "nan"}, {"max_steps": 0}, {"batch": 0}, {"patience": 0}, {"eval_every": -1},
     {"held_out": 1.0}, {"held_out": 0}, {"data": "samples.txt"}, {"optimizer": "sgd"}, {"loss": "logits"},
-    {"qat": "maybe"},
+    {"qat": "maybe"}, {"padding": "maybe"}, {"threads": -1},
 ])
 def test_bad_options_are_usage_errors(options):
     with pytest.raises(gc.UsageError):
