@@ -377,7 +377,9 @@ class KernelModel:
     ``light_overhead_s`` for a light node (tiny tensors: one single-threaded call) and
     ``op_overhead_s`` otherwise; ``unit_cost_s``, the cost per independent sub-problem of
     a fused attention (batch × heads). Groups without a benchmark take their op class's
-    geometric means (``class_*``), else 1. Once per call: ``run_overhead_s``, plus
+    geometric means (``class_*``), else 1: an extrapolation, which :meth:`predict`
+    measures (a kernel's efficiency can differ from its class's by tens of times). Once
+    per call: ``run_overhead_s``, plus
     ``output_overhead_s`` per graph output and its bytes over
     ``output_bandwidth_bytes_per_s`` (fresh output buffers are page-faulted in).
     """
@@ -398,6 +400,12 @@ class KernelModel:
 
     def node_seconds(self, features: NodeFeatures) -> np.ndarray:
         """Predicted seconds per node."""
+        work_s, overhead_s = self._node_parts(features)
+        return work_s + overhead_s
+
+    def _node_parts(self, features: NodeFeatures) -> tuple[np.ndarray, np.ndarray]:
+        """Each node's predicted seconds in two parts: its roofline time scaled by its
+        kernel's exponent and efficiency, and its dispatch and per-sub-problem overhead."""
         inverse_peak = np.array([1 / self.peak_macs_per_s[d] for d in FITTED_DTYPES])
         pairs = list(zip(features.kernel, features.op_class, strict=True))
         efficiency = np.array([self.efficiency.get(k, self.class_efficiency.get(c, 1.0)) for k, c in pairs])
@@ -408,8 +416,8 @@ class KernelModel:
         compute = features.work @ inverse_peak
         memory = features.bytes @ (1 / np.asarray(self.bandwidth_bytes_per_s))
         scaled = _scale(smooth_max(compute, memory), exponent)
-        per_node = scaled / efficiency + base * ratio + features.units * unit_cost
-        return per_node * features.dispatched
+        return (scaled / efficiency * features.dispatched,
+                (base * ratio + features.units * unit_cost) * features.dispatched)
 
     def call_overhead_s(self, features: NodeFeatures) -> float:
         """The fixed cost of one call: the run, and allocating and returning its outputs."""
@@ -420,6 +428,23 @@ class KernelModel:
         """Predicted seconds per inference."""
         return float(self.node_seconds(features).sum() + self.call_overhead_s(features))
 
+    def fitted(self, kernel: str) -> bool:
+        """Whether a calibration benchmark timed kernel group ``kernel`` (``domain::op_type``),
+        so that its efficiency, exponent and overhead were fitted, not its class's."""
+        return kernel in self.efficiency
+
+    def predict(self, features: NodeFeatures) -> KernelPrediction:
+        """Predicted seconds per inference, with the seconds priced by extrapolation: the
+        scaled roofline time of each kernel group no calibration benchmark timed (its
+        dispatch overhead is the fitted base overhead, so it is not counted)."""
+        work_s, overhead_s = self._node_parts(features)
+        extrapolated: dict[str, float] = {}
+        for kernel, node_s in zip(features.kernel, work_s, strict=True):
+            if node_s > 0 and not self.fitted(kernel):
+                extrapolated[kernel] = extrapolated.get(kernel, 0.0) + float(node_s)
+        return KernelPrediction(float(work_s.sum() + overhead_s.sum() + self.call_overhead_s(features)),
+                                dict(sorted(extrapolated.items(), key=lambda item: -item[1])))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict."""
         return asdict(self)
@@ -428,6 +453,26 @@ class KernelModel:
     def from_dict(cls, data: Mapping[str, Any]) -> KernelModel:
         """Inverse of :meth:`to_dict`."""
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class KernelPrediction:
+    """A kernel model's latency of one graph: ``seconds`` per inference, and the seconds
+    (``extrapolated_s``, costliest first) of each kernel group no calibration benchmark
+    timed that rest on its op class's fitted efficiency and exponent rather than on its
+    own timings."""
+
+    seconds: float
+    extrapolated_s: dict[str, float]
+
+    @property
+    def extrapolated_share(self) -> float:
+        """The fraction (0..1) of ``seconds`` priced by extrapolation."""
+        return sum(self.extrapolated_s.values()) / self.seconds if self.seconds > 0 else 0.0
+
+    def extrapolated_shares(self) -> dict[str, float]:
+        """Each extrapolated kernel group's fraction (0..1) of ``seconds``, costliest first."""
+        return {k: s / self.seconds for k, s in self.extrapolated_s.items()} if self.seconds > 0 else {}
 
 
 SMOOTH_MAX_POWER = 4.0

@@ -51,7 +51,8 @@ class LedgerInstrument(Instrument):
     measurements disagree beyond their spread.
 
     Where the target was calibrated on this machine, the calibrated kernel model prices
-    the input and the final model too (``report.kernel_estimate``); the report also gets
+    the input and the final model too (``report.kernel_estimate``, with the share of each
+    model's predicted time on kernels no calibration benchmark timed); the report also gets
     this machine's validation of the profile and the final model's costliest nodes.
     """
 
@@ -86,6 +87,7 @@ class LedgerInstrument(Instrument):
                           "pJ/MAC and pJ/byte + static power × kernel-model latency)"),
                 "profile": self._calibration.profile.name,
                 "original_ms": kernel[0], "original_mj": kernel[1], "final_ms": None, "final_mj": None,
+                "extrapolated": {"original": kernel[2]},
             }
 
     def after_pass(self, pass_: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:
@@ -119,18 +121,22 @@ class LedgerInstrument(Instrument):
         kernel = self._kernel_figure(model, ctx)
         if kernel is not None and self.report.kernel_estimate is not None:
             self.report.kernel_estimate.update(final_ms=kernel[0], final_mj=kernel[1])
+            self.report.kernel_estimate["extrapolated"]["final"] = kernel[2]
         if self._last_cost is not None:
             self.report.costliest_nodes = _costliest(self._last_cost)
             self.report.unpriced_nodes["final"] = self._last_cost.unpriced_nodes()
 
-    def _kernel_figure(self, model: Model, ctx: PassContext) -> tuple[float, float] | None:
-        """(ms, mJ) per inference of ``model`` by the calibrated kernel model, if any."""
+    def _kernel_figure(self, model: Model, ctx: PassContext) -> tuple[float, float, dict[str, float]] | None:
+        """(ms, mJ) per inference of ``model`` by the calibrated kernel model, and the
+        share (0..1) of its latency on each kernel no calibration benchmark timed; or None."""
         calibration, cost = self._calibration, self._last_cost
         if calibration is None or cost is None:
             return None
         kernel_model = KernelModel.from_dict(calibration.fit["kernel_model"])
-        latency_s = kernel_model.predict_s(node_features(model, calibration.profile, ctx.dims))
-        return latency_s * 1e3, cost.dynamic_energy_mj + calibration.profile.static_power_w * latency_s * 1e3
+        prediction = kernel_model.predict(node_features(model, calibration.profile, ctx.dims))
+        latency_ms = prediction.seconds * 1e3
+        return (latency_ms, cost.dynamic_energy_mj + calibration.profile.static_power_w * latency_ms,
+                prediction.extrapolated_shares())
 
     def _estimate(self, model: Model, ctx: PassContext) -> CostEstimate | None:
         if ctx.profile is None:
