@@ -114,12 +114,15 @@ def startup(repeats: int) -> None:
         print(f"{name}: median {statistics.median(values):.2f} s over {repeats}")
 
 
-def minilm(work: Path, time_s: float, strategies: tuple[str, ...], workers: int | None, lock: str) -> None:
-    """The acceptance run: each strategy over MiniLM's default space for ``time_s``."""
+def minilm(work: Path, time_s: float, strategies: tuple[str, ...], workers: int | None, lock: str,
+           full_space: bool) -> None:
+    """The acceptance run: each strategy over MiniLM's default space for ``time_s`` (with
+    ``full_space``, the space offered with calibration data, though none is given: the one
+    the first runs searched, static int8 and recover included)."""
     model = _export("minilm", work)
-    space = default_space(decoder=False, threads=(2,))
+    space = default_space(decoder=False, threads=(2,), calibrated=full_space)
     for strategy in strategies:
-        tag = f"minilm-{strategy}-w{workers or 'all'}"
+        tag = f"minilm-{strategy}-w{workers or 'all'}" + ("-full" if full_space else "")
         directory = work / tag
         shutil.rmtree(directory, ignore_errors=True)
         with _held(lock):
@@ -156,9 +159,12 @@ def summary(work: Path, minutes: float) -> None:
 def _print_arm(tag: str, arm: dict[str, Any]) -> None:
     stats = arm["stats"]
     minutes = stats["elapsed_s"] / 60
-    finished = stats["compile_tasks"] - stats["cancelled"] + stats["screened"]
+    known_broken = stats.get("known_broken", 0)
+    finished = stats["compile_tasks"] - stats["cancelled"] + stats["screened"] + known_broken
+    screen_s = f" (screen: {stats['screen_s']:.0f} s of the driver's time)" if "screen_s" in stats else ""
     print(f"\n## {tag}: {arm['front']} front points; {stats['compile_tasks']} compiles sent "
-          f"({stats['cancelled']} cancelled at the deadline), {stats['screened']} screened out, "
+          f"({stats['cancelled']} cancelled at the deadline), {stats['screened']} screened out{screen_s}, "
+          f"{known_broken} not compiled (begin like one that broke the budget), "
           f"{stats['duplicates']} duplicate asks, {stats['broke_budget']} broke the budget, {stats['failed']} failed, "
           f"{stats['measured']} measured; {finished / minutes:.2f} candidates/min "
           f"({(stats['compile_tasks'] - stats['cancelled']) / minutes:.2f} compiles/min) on {stats['workers']} "
@@ -202,6 +208,8 @@ def main() -> None:
     parser.add_argument("--strategy", choices=("tpe", "grid", "both"), default="both", help="minilm's arms")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--lock", default="", help="a lock file to wait for and hold while each arm runs")
+    parser.add_argument("--full-space", action="store_true",
+                        help="minilm: search the space offered with calibration data (static int8, recover)")
     parser.add_argument("--repeats", type=int, default=3, help="Ray starts per variant (startup)")
     parser.add_argument("--minutes", type=float, default=10.0, help="the stretch compared (summary)")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "greencc-search-bench"))
@@ -217,7 +225,7 @@ def main() -> None:
         summary(work, args.minutes)
     else:
         strategies = ("tpe", "grid") if args.strategy == "both" else (args.strategy,)
-        minilm(work, args.time, strategies, args.workers, args.lock)
+        minilm(work, args.time, strategies, args.workers, args.lock, args.full_space)
 
 
 if __name__ == "__main__":

@@ -63,8 +63,10 @@ def front_objectives(objective: str) -> dict[str, Callable[[Candidate], Any]]:
 class SearchResult:
     """What :func:`greencc.search` found. ``candidates``: every finished candidate in the
     store; ``stats``: counts (``asked``, ``duplicates``, ``screened``, ``compiled``,
-    ``broke_budget``, ``failed``, ``measured``, ``measure_skipped``), ``elapsed_s`` and
-    ``nodes`` / ``workers`` of the run that returned it; ``report`` the report.html path."""
+    ``broke_budget``, ``known_broken`` (not compiled: they begin like one that broke the
+    budget), ``failed``, ``measured``, ``measure_skipped``), ``elapsed_s``,
+    ``screen_s`` (the driver's time pricing candidates before compiling them) and
+    ``workers`` of the run that returned it; ``report`` the report.html path."""
 
     directory: Path
     objective: str
@@ -80,9 +82,13 @@ class SearchResult:
 
     @property
     def pareto(self) -> list[Candidate]:
-        """The Pareto front over estimated energy, latency (measured where measured) and
-        fidelity, among candidates built within the budget, cheapest objective first."""
-        front = pareto_front(self.built, front_objectives(self.objective))
+        """The Pareto front over estimated energy, latency and fidelity, among candidates
+        built within the budget, cheapest objective first. Once any was measured, only
+        measured ones: a cost-model latency does not compare with a measured one (on
+        MiniLM, on a loaded machine, 4 ms estimated against 23-60 ms measured), and a
+        candidate left unmeasured was dominated on its estimates when it was built."""
+        measured = [c for c in self.built if c.measured_latency_ms is not None]
+        front = pareto_front(measured or self.built, front_objectives(self.objective))
         return sorted(front, key=lambda c: objective_value(c, self.objective) or float("inf"))
 
     def best(self, objective: str | None = None) -> Candidate | None:

@@ -1,8 +1,10 @@
 """``search``: the driver loop of an energy-objective search on Ray. It asks the strategy
-for a point, skips points the store already holds (by CompileConfig digest), screens the
-rest with the cost model, sends compile-and-verify tasks to every CPU of the cluster and
-measurement tasks to the nodes' one measurement slot each (the ``measure_slot`` resource:
-two measurements never share a node), and records every finished candidate in the store.
+for a point, skips points the store already holds (by CompileConfig digest, presets
+expanded) and points whose passes up to one that broke the budget are those of a
+candidate that broke it there, screens the rest with the cost model, sends
+compile-and-verify tasks to every CPU of the cluster and measurement tasks to the nodes'
+one measurement slot each (the ``measure_slot`` resource: two measurements never share a
+node), and records every finished candidate in the store.
 A measurement runs on the node that compiled its candidate and takes every CPU there, and
 no compile is sent while one is in flight (so compiles cannot keep taking the CPUs it waits
 for): on the shared 2-core machine, with compiles beside it, the same MiniLM -O2 measured
@@ -32,7 +34,7 @@ from greencc.search.result import (
     pareto_front,
 )
 from greencc.search.screen import Screen, can_discard
-from greencc.search.space import SearchSpace, default_space
+from greencc.search.space import SearchSpace, default_space, store_key
 from greencc.search.store import (
     BROKE_BUDGET,
     COMPILED,
@@ -43,7 +45,7 @@ from greencc.search.store import (
     CandidateStore,
 )
 from greencc.search.strategy import make_strategy
-from greencc.search.worker import compile_candidate, measure_candidate
+from greencc.search.worker import compile_candidate, measure_candidate, starts_with
 
 # The custom resource each node offers once: a measurement task holds it while it runs.
 MEASURE_SLOT = "measure_slot"
@@ -69,7 +71,7 @@ class _Flight:
 class _Counts:
     values: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("asked", "duplicates", "screened", "compile_tasks", "compiled", "broke_budget", "failed", "measured",
-         "measure_skipped", "cancelled"), 0))
+         "measure_skipped", "cancelled", "known_broken"), 0))
 
     def add(self, name: str) -> None:
         self.values[name] += 1
@@ -106,9 +108,9 @@ def search(
     ``space`` is a :class:`SearchSpace`, a space file (TOML) or None for the model kind's
     default (:func:`~greencc.search.space.default_space`) on ``target``. ``strategy``:
     ``tpe`` (default), ``nsga2``, ``random`` or ``grid``. Every finished candidate lands in
-    ``directory``/search.db keyed by its CompileConfig digest: a rerun over the same
-    directory compiles nothing done before. ``workers`` caps parallel compiles (default:
-    the cluster's CPUs); ``ray_address`` joins a cluster whose nodes each offer the
+    ``directory``/search.db keyed by its CompileConfig digest (presets expanded): a rerun
+    over the same directory compiles nothing done before. ``workers`` caps parallel
+    compiles (default: the cluster's CPUs); ``ray_address`` joins a cluster whose nodes each offer the
     ``measure_slot`` resource once (``ray start --resources '{"measure_slot": 1}'``) and
     share ``directory``; without it a local Ray of ``num_cpus`` CPUs (default: this
     machine's usable cores) is started and stopped. ``screen`` runs the cost-model screen
@@ -126,7 +128,7 @@ def search(
     if not os.path.exists(model_path):
         raise UsageError(f"model {model} does not exist", hint="give an ONNX file or a Hugging Face directory")
     loaded = as_model(model_path)
-    space = _space_of(space, loaded, target)
+    space = _space_of(space, loaded, target, calibrated=calibration is not None)
     base = CompileConfig(
         model=model_path, model_sha256=file_sha256(model_path) if os.path.isfile(model_path) else None,
         target=target, budget=budget, dims=dict(dims or {}), seed=seed,
@@ -143,8 +145,11 @@ def search(
         store.set_meta({"model": model_path, "objective": objective, "budget": budget, "space": space.to_dict(),
                         "strategy": strategy})
         chooser = make_strategy(strategy, space, seed)
-        for done in store.candidates():
-            chooser.restore(done.params, _values(done, objective), "pruned" if done.status == SCREENED else "fail")
+        stored = store.candidates()
+        built = [c for c in stored if c.status in (COMPILED, MEASURED)]
+        for done in stored:
+            chooser.restore(done.params, _values(done, objective, built),
+                            "pruned" if done.status == SCREENED else "fail")
         loop = _Loop(ray, store, space, base, chooser, counts, say, objective=objective,
                      screen=Screen(loaded) if screen else None, measure=measure, window_s=energy_window_s,
                      workers=workers or max(1, int(ray.cluster_resources().get("CPU", 1))))
@@ -160,7 +165,7 @@ def search(
         if started_ray:
             ray.shutdown()
     result.stats = {**counts.values, "elapsed_s": time.perf_counter() - started, "interrupted": interrupted,
-                    "workers": loop.workers, "strategy": strategy}
+                    "workers": loop.workers, "strategy": strategy, "screen_s": loop.screen_s}
     result.write_report()
     return result
 
@@ -190,8 +195,10 @@ class _Loop:
         self.compiles: dict[Any, _Flight] = {}
         self.measures: dict[Any, _Flight] = {}
         self.built = [c for c in store.candidates() if c.status in (COMPILED, MEASURED)]
+        self.broken = [c for c in store.candidates() if c.status == BROKE_BUDGET and c.broken_prefix]
         self.finished = len(store)
         self.repeats = 0  # consecutive asks that proposed a point already done or in flight
+        self.screen_s = 0.0  # the driver's time pricing candidates before compiling them (s)
         options = {"max_retries": TASK_RETRIES, "retry_exceptions": False}
         self._compile = ray.remote(num_cpus=1, **options)(compile_candidate)
         self._measure = ray.remote(num_cpus=1, resources={MEASURE_SLOT: 1}, **options)(measure_candidate)
@@ -242,18 +249,30 @@ class _Loop:
         token, params = asked
         self.counts.add("asked")
         config = self.space.config(params, self.base)
-        digest = config.digest
+        digest = store_key(config)
         stored = self.store.get(digest)
-        in_flight = any(f.config.digest == digest for f in [*self.compiles.values(), *self.measures.values()])
+        in_flight = any(store_key(f.config) == digest for f in [*self.compiles.values(), *self.measures.values()])
         if stored is not None or in_flight:
             self.counts.add("duplicates")
             self.repeats += 1
-            values = _values(stored, self.objective) if stored is not None else None
+            values = _values(stored, self.objective, self.built) if stored is not None else None
             self.chooser.tell(token, values, "pruned")
             return True
         self.repeats = 0
+        broken = self._broken_like(config)
+        if broken is not None:
+            candidate = Candidate(digest, params, config.to_dict(), BROKE_BUDGET,
+                                  f"not compiled: its passes up to '{broken.broken_prefix}' are those of "
+                                  f"#{broken.seq}, which broke the fidelity budget there",
+                                  fidelity=broken.fidelity, broken_prefix=broken.broken_prefix)
+            self._finish(candidate)
+            self.counts.add("known_broken")
+            self.chooser.tell(token, _values(candidate, self.objective, self.built), "fail")
+            return True
         if self.screen is not None and can_discard(self.built):
+            began = time.perf_counter()
             estimate = self.screen.estimate(config)
+            self.screen_s += time.perf_counter() - began
             reason = None if estimate is None else self.screen.verdict(estimate, self.built)
             if reason is not None:
                 self._finish(Candidate(digest, params, config.to_dict(), SCREENED, reason,
@@ -268,7 +287,7 @@ class _Loop:
         return True
 
     def _compiled(self, ref: Any, flight: _Flight) -> None:
-        digest = flight.config.digest
+        digest = store_key(flight.config)
         try:
             out = self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:  # retries spent: the worker kept dying
@@ -279,10 +298,13 @@ class _Loop:
         if status != COMPILED:
             self.counts.add("broke_budget" if status == BROKE_BUDGET else "failed")
             self._finish(candidate)
-            self.chooser.tell(flight.token, None, "fail")
+            if candidate.broken_prefix:
+                self.broken.append(candidate)
+            self.chooser.tell(flight.token, _values(candidate, self.objective, self.built), "fail")
             return
         self.counts.add("compiled")
-        front = pareto_front([*self.built, candidate], front_objectives(self.objective))
+        on_estimates = {**front_objectives(self.objective), "latency": lambda c: c.est_latency_ms}
+        front = pareto_front([*self.built, candidate], on_estimates)
         self.built.append(candidate)
         if self.measure and any(c is candidate for c in front):
             candidate.reason = "measurement pending"
@@ -296,7 +318,7 @@ class _Loop:
             self.counts.add("measure_skipped")
             candidate.reason = "not measured: dominated on estimates"
         self._finish(candidate)
-        self.chooser.tell(flight.token, _values(candidate, self.objective))
+        self.chooser.tell(flight.token, _values(candidate, self.objective, self.built))
 
     def _measured(self, ref: Any, flight: _Flight) -> None:
         candidate = flight.candidate
@@ -312,7 +334,15 @@ class _Loop:
             candidate.status, candidate.reason = MEASURED, None
             self.counts.add("measured")
         self._finish(candidate)
-        self.chooser.tell(flight.token, _values(candidate, self.objective))
+        self.chooser.tell(flight.token, _values(candidate, self.objective, self.built))
+
+    def _broken_like(self, config: CompileConfig) -> Candidate | None:
+        """A candidate that broke the budget in a pass ``config`` also runs, after the same
+        passes, on the same target and threads: compiles are deterministic, so ``config``
+        would break there too."""
+        return next((c for c in self.broken if c.config.get("target") == config.target
+                     and c.config.get("threads") == config.threads
+                     and starts_with(config.pipeline, str(c.broken_prefix))), None)
 
     def _finish(self, candidate: Candidate) -> None:
         new = candidate.seq == 0
@@ -324,20 +354,27 @@ class _Loop:
         self.say(f"#{candidate.seq} {candidate.status}: {candidate.pipeline or '(no passes)'} — {figures}")
 
 
-def _values(candidate: Candidate, objective: str) -> tuple[float, float] | None:
-    """A stored candidate's objectives for the strategy, or None when it has none."""
+def _values(candidate: Candidate, objective: str, built: list[Candidate]) -> tuple[float, float] | None:
+    """A finished candidate's objectives for the strategy, or None when it has none. One
+    that broke the budget counts as costly as the costliest candidate ``built``, at the
+    fidelity it reached: told as a failure, TPE leaves it out of its model and keeps
+    proposing its region (on MiniLM, 21 of 28 candidates pruned heads past cos=0.99)."""
+    if candidate.status == BROKE_BUDGET:
+        worst = max((v for c in built if (v := objective_value(c, objective)) is not None), default=None)
+        return None if worst is None else (worst, 1.0 - (candidate.fidelity or 0.0))
     value = objective_value(candidate, objective)
     if candidate.status not in (COMPILED, MEASURED) or value is None or candidate.fidelity is None:
         return None
     return value, 1.0 - candidate.fidelity
 
 
-def _space_of(space: SearchSpace | str | os.PathLike | None, model: Any, target: str) -> SearchSpace:
+def _space_of(space: SearchSpace | str | os.PathLike | None, model: Any, target: str, *,
+              calibrated: bool) -> SearchSpace:
     if isinstance(space, SearchSpace):
         return space
     if space is not None:
         return SearchSpace.from_toml(space)
-    return default_space(DecoderSpec.of(model) is not None, targets=(target,))
+    return default_space(DecoderSpec.of(model) is not None, targets=(target,), calibrated=calibrated)
 
 
 def _connect(address: str | None, num_cpus: int | None, measure: bool) -> tuple[Any, bool]:

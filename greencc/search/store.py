@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     measured_energy_mj REAL,
     energy_label TEXT,
     artifact TEXT,
+    broken_prefix TEXT,
     compile_node TEXT,
     compile_start REAL,
     compile_s REAL,
@@ -63,9 +64,10 @@ class Candidate:
     """One finished candidate. Units: mJ and ms per inference, bytes, seconds; times are
     Unix seconds (``compile_start`` on the compiling worker's clock); ``load_before`` /
     ``load_after`` the node's 1-minute load average when its measurement began and ended;
-    ``fidelity`` the minimum cosine similarity to the original model's outputs;
+    ``fidelity`` the minimum cosine similarity to the original model's outputs (for a
+    candidate that broke the budget, the one the breaking pass reached);
     ``artifact`` the saved artifact directory (with its ledger, report.json and
-    report.html)."""
+    report.html); ``broken_prefix`` the pipeline up to the pass that broke the budget."""
 
     digest: str
     params: dict[str, Any]
@@ -80,6 +82,7 @@ class Candidate:
     measured_energy_mj: float | None = None
     energy_label: str | None = None
     artifact: str | None = None
+    broken_prefix: str | None = None
     compile_node: str | None = None
     compile_start: float | None = None
     compile_s: float | None = None

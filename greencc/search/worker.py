@@ -20,12 +20,18 @@ from greencc.model import Model
 from greencc.pipeline.base import Pass
 from greencc.pipeline.context import PassContext
 from greencc.pipeline.instruments import Instrument, PassRecord
+from greencc.pipeline.text import Pipeline
 from greencc.target import CompiledModel
 from greencc.verify.feeds import random_feeds
 
 
 class BudgetBroken(GreenccError):
-    """A lossy pass broke the fidelity budget: the candidate is not worth finishing."""
+    """A lossy pass broke the fidelity budget: the candidate is not worth finishing.
+    ``pass_text`` is that pass as pipeline text, ``cosine`` the minimum cosine it reached."""
+
+    def __init__(self, message: str, pass_text: str, cosine: float | None) -> None:
+        super().__init__(message)
+        self.pass_text, self.cosine = pass_text, cosine
 
 
 class StopOnRollback(Instrument):
@@ -35,25 +41,30 @@ class StopOnRollback(Instrument):
 
     def after_pass(self, pass_: Pass, model: Model, ctx: PassContext, record: PassRecord) -> None:
         if record.rolled_back:
-            raise BudgetBroken(f"'{pass_}' broke the fidelity budget: {record.rolled_back}")
+            cosine = None if record.fidelity is None else float(record.fidelity.cosine_min)
+            raise BudgetBroken(f"'{pass_}' broke the fidelity budget: {record.rolled_back}", str(pass_), cosine)
 
 
 def compile_candidate(config: Mapping[str, Any], artifact_dir: str) -> dict[str, Any]:
     """Compile and verify one candidate (``config``: a CompileConfig dict) into
     ``artifact_dir``. Returns ``status`` (``compiled``, ``broke-budget`` or ``failed``),
     ``reason``, the final row's ``est_energy_mj`` / ``est_latency_ms`` (per inference),
-    ``fidelity`` (minimum cosine to the original's outputs), ``model_bytes``,
-    ``compile_start`` (Unix s), ``compile_s`` (s), ``node`` and ``artifact``."""
+    ``fidelity`` (minimum cosine to the original's outputs; for ``broke-budget``, the one
+    the breaking pass reached), ``model_bytes``, ``compile_start`` (Unix s), ``compile_s``
+    (s), ``node``, ``artifact`` and, for ``broke-budget``, ``broken_prefix``: the pipeline
+    up to the breaking pass (any candidate starting with it breaks the budget there too)."""
     start = time.perf_counter()
     result: dict[str, Any] = {"node": node_id(), "artifact": None, "compile_start": time.time()}
     try:
         compiled = compile_model(config=CompileConfig.from_dict(config), output_dir=artifact_dir,
                                  instruments=[StopOnRollback()])
     except PassFailedError as exc:
-        broken = isinstance(exc.__cause__, BudgetBroken)
-        reason = exc.__cause__.message if broken else exc.message  # type: ignore[union-attr]
-        return {**result, "status": "broke-budget" if broken else "failed", "reason": reason,
-                "compile_s": time.perf_counter() - start}
+        cause = exc.__cause__
+        if isinstance(cause, BudgetBroken):
+            return {**result, "status": "broke-budget", "reason": cause.message, "fidelity": cause.cosine,
+                    "broken_prefix": pipeline_prefix(str(config.get("pipeline", "")), cause.pass_text),
+                    "compile_s": time.perf_counter() - start}
+        return {**result, "status": "failed", "reason": exc.message, "compile_s": time.perf_counter() - start}
     except GreenccError as exc:
         return {**result, "status": "failed", "reason": exc.message, "compile_s": time.perf_counter() - start}
     report = compiled.report
@@ -97,6 +108,23 @@ def measure_candidate(artifact_dir: str, *, seed: int = 0, window_s: float = 1.0
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
     }
+
+
+def pipeline_prefix(pipeline: str, pass_text: str) -> str | None:
+    """``pipeline`` (presets expanded) up to and including its first pass written as
+    ``pass_text``; None when no pass of it reads so."""
+    items = Pipeline.parse(pipeline).items
+    wanted = str(Pipeline.parse(pass_text))
+    for end, item in enumerate(items, start=1):
+        if str(Pipeline((item,))) == wanted:
+            return str(Pipeline(items[:end]))
+    return None
+
+
+def starts_with(pipeline: str, prefix: str) -> bool:
+    """Whether ``pipeline``'s passes (presets expanded) begin with ``prefix``'s."""
+    head = Pipeline.parse(prefix).items
+    return Pipeline.parse(pipeline).items[:len(head)] == head
 
 
 def node_id() -> str:

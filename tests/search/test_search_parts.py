@@ -4,6 +4,7 @@ front with links to each ledger."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import onnx
@@ -12,9 +13,18 @@ import pytest
 from greencc.config import CompileConfig
 from greencc.errors import UsageError
 from greencc.search.result import SearchResult, front_objectives, pareto_front
+from greencc.search.runner import _values
 from greencc.search.screen import Screen
-from greencc.search.space import TEMPLATE, SearchSpace, default_space
-from greencc.search.store import COMPILED, MEASURED, SCREENED, Candidate, CandidateStore
+from greencc.search.space import TEMPLATE, SearchSpace, default_space, store_key
+from greencc.search.store import (
+    BROKE_BUDGET,
+    COMPILED,
+    MEASURED,
+    SCREENED,
+    Candidate,
+    CandidateStore,
+)
+from greencc.search.worker import pipeline_prefix, starts_with
 from tests.models import weighted_model_proto
 
 SPACE = SearchSpace(presets=("-O1", "-O2"), template="cleanup,prune-heads,quantize-int8{fallback=sensitivity}",
@@ -42,6 +52,29 @@ def test_a_point_is_a_compile_config_with_a_stable_digest() -> None:
     assert config.digest == SPACE.config(dict(point), base).digest != SPACE.config({**point, "threads": 1}, base).digest
 
 
+def test_the_store_key_expands_presets() -> None:
+    base = CompileConfig(model="m.onnx", budget="cos=0.99")
+    key = {text: store_key(dataclasses.replace(base, pipeline=text)) for text in ("-O2", "cleanup,fuse,dce", "-O3")}
+    assert key["-O2"] == key["cleanup,fuse,dce"] != key["-O3"]
+
+
+def test_the_prefix_up_to_a_breaking_pass() -> None:
+    prefix = pipeline_prefix("cleanup,prune-heads{ratio=0.25},prune-ffn{share=0.2},fuse", "prune-heads{ratio=0.25}")
+    assert prefix == "cleanup,prune-heads{ratio=0.25}"
+    assert starts_with("cleanup,prune-heads{ratio=0.25},fuse,dce", prefix)
+    assert not starts_with("cleanup,prune-heads{ratio=0.5},fuse", prefix) and not starts_with("cleanup", prefix)
+    assert pipeline_prefix("green", "prune-heads{share=0.4}") == "cleanup,prune-heads{share=0.4}"  # preset expanded
+    assert pipeline_prefix("-O2", "quantize-int8") is None
+
+
+def test_a_candidate_that_broke_the_budget_is_told_as_costly_as_the_costliest_built() -> None:
+    built = [_candidate("a", 3.0, 2.0, 1.0), _candidate("b", 1.0, 1.0, 0.995)]
+    broken = Candidate("c", {}, {"pipeline": "c"}, BROKE_BUDGET, fidelity=0.95)
+    assert _values(broken, "energy", built) == (3.0, pytest.approx(0.05))
+    assert _values(broken, "energy", []) is None  # nothing built yet: told as a failure
+    assert _values(built[1], "energy", built) == (1.0, pytest.approx(0.005))
+
+
 def test_space_file_and_its_errors(tmp_path: Path) -> None:
     path = tmp_path / "space.toml"
     path.write_text('presets = ["-O2"]\nthreads = [0, 2]\ntemplate = "cleanup,prune-ffn"\n'
@@ -60,6 +93,10 @@ def test_default_space_per_model_kind() -> None:
     encoder, decoder = default_space(decoder=False), default_space(decoder=True)
     assert "prune-heads.ratio" in encoder.choices() and "quantize-weights.bits" in decoder.choices()
     assert "prune-heads.ratio" not in decoder.choices()
+    # without calibration data static int8 refuses, recover declines, the method is unused
+    assert "quantize-int8.mode" not in encoder.choices() and "recover" not in encoder.template
+    calibrated = default_space(decoder=False, calibrated=True).choices()
+    assert calibrated["quantize-int8.mode"] == ("dynamic", "static") and "quantize-int8.method" in calibrated
 
 
 def _candidate(digest: str, energy: float, latency: float, fidelity: float, status: str = MEASURED) -> Candidate:
@@ -105,6 +142,14 @@ def test_pareto_front_keeps_the_non_dominated() -> None:
     result = SearchResult(Path("."), "energy", "cos=0.99", [exact, cheap, worse, fast])
     assert result.best().digest == "cheap" and result.best("latency").digest == "fast"
     assert list(result.to_dataframe()["on_front"]) == [True, True, False, True]
+
+
+def test_once_any_was_measured_the_front_holds_only_measured_candidates() -> None:
+    measured = _candidate("measured", 2.0, 30.0, 1.0)
+    estimated = _candidate("estimated", 2.0, 4.0, 1.0, COMPILED)
+    estimated.measured_latency_ms = None  # its 4 ms is the cost model's, not a measurement
+    assert [c.digest for c in SearchResult(Path("."), "energy", None, [measured, estimated]).pareto] == ["measured"]
+    assert [c.digest for c in SearchResult(Path("."), "energy", None, [estimated]).pareto] == ["estimated"]
 
 
 def test_screen_prices_optimistically_and_discards_only_below_an_exact_point(tmp_path: Path) -> None:

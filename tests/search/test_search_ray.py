@@ -1,8 +1,8 @@
 """The search on a simulated 2-node Ray cluster (``ray.cluster_utils.Cluster``: a head of two
 CPUs and a node of one, one measurement slot each) over a small MatMul model: candidates
 run on both nodes, a measurement overlaps neither another measurement nor a compile on its
-node (from the store's timestamps), a rerun compiles nothing, a worker killed
-mid-candidate loses nothing, ``greencc search --resume DIR --report`` reports the stored
+node (from the store's timestamps), a rerun compiles nothing, a candidate beginning like
+one that broke the budget is not compiled, a worker killed mid-candidate loses nothing, ``greencc search --resume DIR --report`` reports the stored
 front."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from greencc.cli import main
 from greencc.search import SearchSpace, search
-from greencc.search.store import MEASURED, CandidateStore
+from greencc.search.store import BROKE_BUDGET, MEASURED, CandidateStore
 from tests.models import weighted_model_proto
 
 ray = pytest.importorskip("ray")
@@ -106,3 +106,15 @@ def test_a_worker_killed_mid_candidate_loses_nothing(cluster, model: str, tmp_pa
         statuses = {c.pipeline: c.status for c in store}
     assert statuses == {"cleanup,die-once": "compiled", "-O2": "compiled"}
     assert result.stats["failed"] == 0
+
+
+def test_a_candidate_beginning_like_one_that_broke_the_budget_is_not_compiled(cluster, model: str,
+                                                                                tmp_path: Path) -> None:
+    space = SearchSpace(presets=(), template="cleanup,quantize-int8{fallback=none},dce",
+                        options={"dce": {"enabled": (False, True)}})
+    result = _search(model, tmp_path, space=space, budget="cos=0.9999999", workers=1, screen=False, measure=False)
+    first, second = result.candidates
+    assert first.status == second.status == BROKE_BUDGET
+    assert first.broken_prefix == "cleanup,quantize-int8{fallback=none}" and first.fidelity < 0.9999999
+    assert second.reason.startswith("not compiled") and second.fidelity == first.fidelity
+    assert result.stats["compile_tasks"] == 1 and result.stats["known_broken"] == 1
