@@ -26,7 +26,13 @@ import torch.fx as fx
 from greencc.errors import UnsupportedOpError, UsageError
 from greencc.ir import set_meta
 from greencc.ir.meta import PREFIX
-from greencc.lowering import contrib_ops, integer_ops, shape_ops, standard_ops  # noqa: F401 - register converters
+from greencc.lowering import (  # noqa: F401 - register converters
+    contrib_ops,
+    decoder_ops,
+    integer_ops,
+    shape_ops,
+    standard_ops,
+)
 from greencc.lowering.dtypes import numpy_to_torch, torch_dtype
 from greencc.lowering.registry import CONTRIB, OpConverter, lookup
 from greencc.model import Model
