@@ -506,7 +506,7 @@ def recovery_main() -> None:
                 f"{before[0]:.4f} / {before[1]:.4f} / {before[2]:.3f} | {after[0]:.4f} / {after[1]:.4f} / {after[2]:.3f} | "
                 f"{macs / 1e9:.3f} ({macs / analytic_macs([12] * LAYERS, [FFN_WIDTH] * LAYERS, args.seq):.2f}×) | "
                 f"{int(stats['steps_run'])} (best {int(stats['best_step'])}) | {wall:.0f} s (+{prune_s:.0f} s pruning) | "
-                f"{peak:.0f} MB ({stats['optimizer_state_bytes'] / 1e6:.0f} MB state) |")
+                f"{peak:.0f} MB ({stats['optimizer_state_bytes'] / 1e6:.2f} MB state) |")
             print(table_rows[-1], flush=True)
             if optimizer == "adamw":
                 recovered_by_ratio[ratio] = recovered
