@@ -379,10 +379,13 @@ class IoBoundDecodeSession:
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
         past_shape = [batch, spec.num_kv_heads, self._capacity if self._shared else self._past_len, spec.head_dim]
         present_shape = [batch, spec.num_kv_heads, self._capacity if self._shared else total, spec.head_dim]
-        for pointers, past, present in zip(self._kv_pointers, spec.past_names(), spec.present_names(), strict=True):
-            source, dest = pointers[self._turn], pointers[1 - self._turn]
-            binding.bind_input(past, "cpu", 0, np.float32, past_shape, source)
-            binding.bind_output(present, "cpu", 0, np.float32, present_shape, dest)
+        # Shared buffers keep one pointer and one shape: bound once (120 binds cost ~0.8 ms a
+        # step on a 30-layer model, a tenth of an int4 decode step).
+        if not (self._shared and self._past_len):
+            for pointers, past, present in zip(self._kv_pointers, spec.past_names(), spec.present_names(), strict=True):
+                source, dest = pointers[self._turn], pointers[1 - self._turn]
+                binding.bind_input(past, "cpu", 0, np.float32, past_shape, source)
+                binding.bind_output(present, "cpu", 0, np.float32, present_shape, dest)
         binding.bind_output(
             "logits", "cpu", 0, np.float32, [batch, seq, spec.vocab_size], self._logits.ctypes.data
         )
