@@ -57,14 +57,14 @@ class Row:
 @contextmanager
 def holding(lock: str, poll_s: float = 20.0) -> Iterator[None]:
     """Hold a shared machine's benchmark lock file while timing: wait until ``lock`` is gone,
-    create it, remove it afterwards (an empty ``lock`` holds nothing)."""
+    create it holding this process's id, remove it afterwards (an empty ``lock`` holds nothing)."""
     if not lock:
         yield
         return
     path = Path(lock)
     while path.exists():
         time.sleep(poll_s)
-    path.touch()
+    path.write_text(f"{os.getpid()}\n")  # whoever looks can tell which process is timing
     try:
         yield
     finally:
