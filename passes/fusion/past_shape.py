@@ -33,8 +33,10 @@ class PastShapeFromMask(Pass):
     """Shape(past_key_values.*) -> [batch, kv_heads, len(attention_mask) − len(input_ids), head_dim].
 
     Exact under the decoder contract (the mask covers the past and the new tokens).
-    ``Shape``'s start/end select the same dims. Does nothing to a model that is not a
-    decoder; declines without rank-2 ``attention_mask`` and ``input_ids`` graph inputs.
+    ``Shape``'s start/end select the same dims. Rewrites only where a GroupQueryAttention
+    reads the past — the one op that can append in place; other targets' importers (TVM's)
+    keep the shapes they can trace. Does nothing to a model that is not a decoder; declines
+    without rank-2 ``attention_mask`` and ``input_ids`` graph inputs.
     """
 
     lossy = False
@@ -48,7 +50,9 @@ class PastShapeFromMask(Pass):
         inputs = {value.name: value for value in graph.inputs}
         readers = [user for name in spec.past_names() if name in inputs
                    for user, _ in inputs[name].uses() if user.op_type == "Shape" and is_onnx_op(user)]
-        if not readers:
+        appends = any(user.op_type == "GroupQueryAttention" for name in spec.past_names() if name in inputs
+                      for user, _ in inputs[name].uses())
+        if not readers or not appends:
             return PassResult(model, modified=False)
         mask, ids = inputs.get("attention_mask"), inputs.get("input_ids")
         if any(v is None or v.shape is None or len(v.shape) != 2 for v in (mask, ids)):

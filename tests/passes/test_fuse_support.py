@@ -150,7 +150,7 @@ def test_fuse_group_runs_every_fusion_and_o2_is_cleanup_fuse_dce():
     members = [spec.name for spec in Pipeline.parse(get_pass_class("fuse").members)]
     assert members == [
         "fold-batchnorm", "fold-conv-scale", "fold-conv-bias", "fold-pad", "fuse-layernorm",
-        "fuse-gelu", "fuse-rmsnorm", "fuse-rotary", "fuse-decoder-attention", "fuse-attention",
+        "fuse-gelu", "fuse-rmsnorm", "fuse-rotary", "fuse-decoder-attention", "past-shape-from-mask", "fuse-attention",
         "fuse-embed-layernorm", "fuse-skip-layernorm", "fuse-skip-rmsnorm",
         "fuse-bias-gelu", "fuse-matmul-add", "fuse-activation",
     ]
