@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 import greencc as gc
-from benchmarks.common import ROOT, Row, table, write_section
+from benchmarks.common import ROOT, Row, holding, table, write_section
 from benchmarks.fusion import paired_ratio, time_paired
 from greencc.cost.estimate import estimate_cost
 from greencc.measure.energy import measure_energy
@@ -557,26 +557,21 @@ def recovery_main() -> None:
     runners[name_ours] = lambda f: ours(f)[ours.model.outputs[0].name]
     latency_tables = []
     got = {name: sentence_embeddings(lambda f, r=run: r(f), evaluation) for name, run in runners.items()}
-    if args.lock:  # a shared machine's benchmark lock, held only while timing
-        while Path(args.lock).exists():
-            time.sleep(20)
-        Path(args.lock).touch()
-    for batch in (1, 8):
-        feeds = {k: np.concatenate([e[k] for e in evaluation[:batch]]) for k in evaluation[0]}
-        contenders = {name: (lambda r=run, f=feeds: r(f)) for name, run in runners.items()
-                      if batch == 1 or name in (name_ours, ORT_DYNAMIC, "greencc -O3 (int8)", "original")}
-        samples_ms = time_paired(contenders, repeats=args.repeats, warmup=3)
-        rows = []
-        for name in contenders:
-            mean, worst, nn = embedding_fidelity(reference, got[name])
-            rows.append(Row(name, LatencyStats.from_samples(samples_ms[name], warmup=3, threads=args.threads),
-                            note=f"cos {mean:.4f} / {worst:.4f}, NN@1 {nn:.3f}"))
-        median, low, high = paired_ratio(samples_ms, name_ours, ORT_DYNAMIC)
-        latency_tables.append(f"### batch {batch}, seq {args.seq}, {args.threads} threads\n\n" + table(rows, ORT_DYNAMIC)
-                              + f"\n\n{name_ours} / {ORT_DYNAMIC}, per turn: median {median:.3f} (p10–p90 {low:.3f}–{high:.3f})")
-        print(latency_tables[-1], flush=True)
-    if args.lock:
-        Path(args.lock).unlink(missing_ok=True)
+    with holding(args.lock):  # a shared machine's benchmark lock, held only while timing
+        for batch in (1, 8):
+            feeds = {k: np.concatenate([e[k] for e in evaluation[:batch]]) for k in evaluation[0]}
+            contenders = {name: (lambda r=run, f=feeds: r(f)) for name, run in runners.items()
+                          if batch == 1 or name in (name_ours, ORT_DYNAMIC, "greencc -O3 (int8)", "original")}
+            samples_ms = time_paired(contenders, repeats=args.repeats, warmup=3)
+            rows = []
+            for name in contenders:
+                mean, worst, nn = embedding_fidelity(reference, got[name])
+                rows.append(Row(name, LatencyStats.from_samples(samples_ms[name], warmup=3, threads=args.threads),
+                                note=f"cos {mean:.4f} / {worst:.4f}, NN@1 {nn:.3f}"))
+            median, low, high = paired_ratio(samples_ms, name_ours, ORT_DYNAMIC)
+            latency_tables.append(f"### batch {batch}, seq {args.seq}, {args.threads} threads\n\n" + table(rows, ORT_DYNAMIC)
+                                  + f"\n\n{name_ours} / {ORT_DYNAMIC}, per turn: median {median:.3f} (p10–p90 {low:.3f}–{high:.3f})")
+            print(latency_tables[-1], flush=True)
     scratch.cleanup()
     body = "\n\n".join([
         f"all-MiniLM-L6-v2 exported with dynamic batch and seq. Each row prunes the given fraction of heads "

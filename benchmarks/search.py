@@ -21,19 +21,18 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
 
+from benchmarks.common import holding
 from greencc.search import SearchResult, SearchSpace, search
 from greencc.search.space import default_space
 from greencc.search.store import SCREENED, CandidateStore
@@ -125,7 +124,7 @@ def minilm(work: Path, time_s: float, strategies: tuple[str, ...], workers: int 
         tag = f"minilm-{strategy}-w{workers or 'all'}" + ("-full" if full_space else "")
         directory = work / tag
         shutil.rmtree(directory, ignore_errors=True)
-        with _held(lock):
+        with holding(lock):
             load_before = os.getloadavg()
             result = search(model, space=space, strategy=strategy, directory=directory, time_s=time_s,
                             workers=workers, budget="cos=0.99", objective="energy",
@@ -172,21 +171,6 @@ def _print_arm(tag: str, arm: dict[str, Any]) -> None:
           f"{arm['load_after'][0]:.1f}")
     print(arm["table"])
     print(f"dominates -O3: {arm['dominates_o3']}; report {arm['report']}")
-
-
-@contextlib.contextmanager
-def _held(lock: str) -> Iterator[None]:
-    """Wait for the shared machine's benchmark lock and hold it (nothing when ``lock`` is empty)."""
-    if not lock:
-        yield
-        return
-    while Path(lock).exists():
-        time.sleep(20)
-    Path(lock).touch()
-    try:
-        yield
-    finally:
-        Path(lock).unlink(missing_ok=True)
 
 
 def _dominates_o3(result: SearchResult) -> str:
