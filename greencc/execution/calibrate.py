@@ -41,6 +41,7 @@ from greencc.execution.microbenchmarks import (
     quick_benchmarks,
 )
 from greencc.frontend.onnx_file import load
+from greencc.ir.every_value import every_value
 from greencc.ir.io import save_model
 from greencc.model import Model
 from greencc.target import CompiledModel, Target, resolve_target
@@ -257,28 +258,12 @@ def target_graph(model: Model, dims: Mapping[str, int] | None = None, *, seed: i
 
 
 def _observed_shapes(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    existing = {o.name for o in probe.graph.output}
-    for node in probe.graph.node:
-        for name in node.output:
-            if name and name not in existing:
-                probe.graph.output.append(onnx.ValueInfoProto(name=name))
-                existing.add(name)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        arrays = session.run(names, dict(feeds))
+        values = every_value(proto, feeds)
     except Exception as exc:  # an exotic graph: fall back to shape inference alone
         log.info("could not observe the fused graph's shapes: %s", exc)
         return {}
-    return {name: (tuple(a.shape), a.dtype) for name, a in zip(names, arrays, strict=True)
-            if isinstance(a, np.ndarray)}
+    return {name: (tuple(a.shape), a.dtype) for name, a in values.items() if name not in feeds}
 
 
 # --------------------------------------------------------------------------------------

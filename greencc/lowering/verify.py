@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx.helper as oh
-import onnxruntime as ort
 
 from greencc.ir import from_proto, to_self_contained_proto
+from greencc.ir.every_value import every_value
 from greencc.lowering.torch_module import lower_to_torch
 from greencc.model import Model
 
@@ -36,7 +36,7 @@ def node_errors(model: Model, feeds: Mapping[str, np.ndarray]) -> list[NodeError
     """Each node of ``model`` lowered alone and run on ONNX Runtime's values for its inputs
     (ONNX Runtime with graph optimizations off, every value exposed), in graph order."""
     proto = to_self_contained_proto(model.ir)
-    values = _all_values(proto, feeds)
+    values = every_value(proto, feeds)
     constants = {init.name: init for init in proto.graph.initializer}
     errors: list[NodeError] = []
     for index, node in enumerate(proto.graph.node):
@@ -55,24 +55,6 @@ def node_errors(model: Model, feeds: Mapping[str, np.ndarray]) -> list[NodeError
             worst = max(worst, float(diff.max()) / scale if diff.size else 0.0)
         errors.append(NodeError(node.name or f"{node.op_type}#{index}", node.op_type, worst))
     return errors
-
-
-def _all_values(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every value ONNX Runtime computes for ``feeds``, by name (optimizations off, so none is fused away)."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(proto)
-    known = {o.name for o in exposed.graph.output}
-    for node in exposed.graph.node:
-        for name in node.output:
-            if name and name not in known:
-                exposed.graph.output.append(onnx.ValueInfoProto(name=name))
-                known.add(name)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return {**dict(feeds), **dict(zip(names, session.run(None, dict(feeds)), strict=True))}
 
 
 def _single_node_model(proto: onnx.ModelProto, node: onnx.NodeProto, values: Mapping[str, np.ndarray],

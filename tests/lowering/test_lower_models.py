@@ -52,3 +52,16 @@ def test_weights_are_parameters_and_the_rest_buffers() -> None:
     assert int8_weights <= set(lowered.buffer_names().values())
     assert all(p.requires_grad for p in lowered.module.parameters())
     assert not dict(lower_to_torch(model, trainable=False).module.named_parameters())
+
+
+@pytest.mark.parametrize(("name", "level"), [("bert", "int8-dynamic"), ("cnn", "int8-static")])
+def test_int8_graphs_match_node_by_node(name: str, level: str) -> None:
+    from greencc.lowering.verify import node_errors
+
+    model = optimized(name, level)
+    errors = node_errors(model, tiny_feeds(name, 12))
+    checked = {error.op_type for error in errors}
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= checked or {"QuantizeLinear", "DequantizeLinear"} <= checked
+    assert len(errors) == sum(1 for node in model.graph if node.op_type != "Constant")
+    worst = max(errors, key=lambda error: error.error)
+    assert worst.error <= TOLERANCE, worst
