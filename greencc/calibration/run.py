@@ -15,6 +15,7 @@ from greencc.cost.kernel_model import Calibration, KernelModel, node_features
 from greencc.cost.profile import HardwareProfile
 from greencc.driver import as_model, resolve_dims
 from greencc.execution.calibrate import target_graph
+from greencc.targets.ort.kernel_choice import refusing_optimizers
 
 
 @dataclass
@@ -42,7 +43,8 @@ def predict_latency(model: Any, calibration: Calibration | HardwareProfile | str
 
     model = as_model(model)
     dims = resolve_dims(model, dims)
-    fused = target_graph(model, dims)
+    refused = refusing_optimizers(calibration.threads) if isinstance(calibration, Calibration) else []
+    fused = target_graph(model, dims, disabled_optimizers=refused)
     if isinstance(calibration, Calibration):
         kernel_model = KernelModel.from_dict(calibration.fit["kernel_model"])
         features = node_features(fused, calibration.profile, dims)

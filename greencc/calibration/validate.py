@@ -35,6 +35,7 @@ from greencc.frontend.onnx_file import load
 from greencc.pipeline.base import registered_passes
 from greencc.pipeline.text import PRESETS
 from greencc.target import resolve_target
+from greencc.targets.ort.kernel_choice import refusing_optimizers
 from greencc.verify.feeds import random_feeds
 
 SECTION_TITLE = "## Cost model validation (issue 5)"
@@ -389,7 +390,7 @@ def validate(
         stats = min(stats_list, key=lambda st: st.median_ms)  # the round least disturbed
         model = compiled.model
         prediction = predict_latency(model, calibration, case.dims)
-        fused = target_graph(model, case.dims)
+        fused = target_graph(model, case.dims, disabled_optimizers=refusing_optimizers(threads_used))
         profile_ms = estimate_cost(fused, calibration.profile, dims=case.dims).latency_ms
         uncalibrated_ms = estimate_cost(model, template, dims=case.dims).latency_ms
         results.append(CaseResult(

@@ -223,7 +223,8 @@ def calibrate(
 # --------------------------------------------------------------------------------------
 # Prediction per fused kernel
 # --------------------------------------------------------------------------------------
-def target_graph(model: Model, dims: Mapping[str, int] | None = None, *, seed: int = 0) -> Any:
+def target_graph(model: Model, dims: Mapping[str, int] | None = None, *, seed: int = 0,
+                 disabled_optimizers: Sequence[str] = ()) -> Any:
     """The graph ONNX Runtime actually runs for ``model``, with every tensor's shape at ``dims``.
 
     ONNX Runtime optimises the model as the target gets it (symbolic dims kept, so shape
@@ -232,6 +233,8 @@ def target_graph(model: Model, dims: Mapping[str, int] | None = None, *, seed: i
     model has no ops for. The optimised graph is then run once on random inputs at
     ``dims`` with every intermediate tensor as an output, and each value gets the static
     shape and dtype observed, so contrib ops without shape inference are sized too.
+    ``disabled_optimizers``: onnxruntime optimizers the target's sessions turn off (so the
+    graph priced is the one they run).
     """
     import onnx_ir as ir
     import onnxruntime as ort
@@ -244,7 +247,8 @@ def target_graph(model: Model, dims: Mapping[str, int] | None = None, *, seed: i
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(Path(tmp) / "fused.onnx")
         options.log_severity_level = 4
-        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(disabled_optimizers))
         proto = onnx.load(str(Path(tmp) / "fused.onnx"))
     fused = load(proto)
     observed = _observed_shapes(proto, random_feeds(model, seed=seed, dims=dims))

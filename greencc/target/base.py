@@ -171,6 +171,11 @@ class Target:
         """Fused op types it runs natively, as ``"domain::Op"`` (fusion passes consult it)."""
         return set()
 
+    def slower_fused_ops(self) -> dict[str, str]:
+        """Fused op types it runs, but slower than the unfused ops they replace, as
+        ``{"domain::Op": why}`` (fusions that can leave the unfused form consult it)."""
+        return {}
+
     def lower(self, model: Model, ctx: PassContext | None = None) -> CompiledModel:
         """Turn ``model`` into a runnable ``CompiledModel``; ``model`` is not modified."""
         raise NotImplementedError(f"target '{self.name}' does not implement lower()")

@@ -470,7 +470,9 @@ class FuseSkipLayerNorm(Rule):
 
     The residual sum may be read elsewhere (pre-norm transformers): it then comes from the
     fused op's ``input_skip_bias_sum`` output. Needs rank-3 inputs of equal shape and a
-    normalization over the last axis.
+    normalization over the last axis. Declines where the target measured its
+    SkipLayerNormalization slower than Add + LayerNormalization (onnxruntime 1.32's CPU
+    kernel is 3-6x slower from 16 rows up; see ``targets/ort/kernel_choice.py``).
     """
 
     # Two non-constant addends: a residual; a constant one is a bias (fuse-embed-layernorm's).
@@ -488,11 +490,12 @@ class FuseSkipLayerNorm(Rule):
         if len(shape_a) != 3:
             return f"the input has rank {len(shape_a)}; SkipLayerNormalization takes rank 3"
         hidden = shape_a[-1] if isinstance(shape_a[-1], int) else None
-        why = _layernorm_parameters(node, run, hidden) or run.unsupported_reason(
-            f"{CONTRIB_DOMAIN}::SkipLayerNormalization"
-        )
+        op = f"{CONTRIB_DOMAIN}::SkipLayerNormalization"
+        why = _layernorm_parameters(node, run, hidden) or run.unsupported_reason(op)
         if why:
             return why
+        if slower := run.slower_reason(op):
+            return f"left as Add + LayerNormalization, which run faster: {slower}"
         if m["sum"].is_graph_output():
             return f"the residual sum '{m['sum'].name}' is a graph output"
         m["keep_sum"] = bool(other_readers(m["sum"], [node]))

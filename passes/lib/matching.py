@@ -134,6 +134,12 @@ class FusionRun:
             return f"target '{target.name}' does not run {op}"
         return ""
 
+    def slower_reason(self, op: str) -> str:
+        """Why the target runs ``op`` (``"domain::Op"``) slower than the ops it would
+        replace (its own measurement), or ``""`` when it does not say so."""
+        target = self.ctx.target
+        return "" if target is None else target.slower_fused_ops().get(op, "")
+
     def onnx_opset(self) -> int:
         """The model's default-domain (ONNX) opset version."""
         opsets = self.model.ir.opset_imports

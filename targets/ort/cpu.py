@@ -41,6 +41,7 @@ from greencc.target import (
     register_target,
 )
 from greencc.target.generation import DecodeSession
+from greencc.targets.ort.kernel_choice import refusing_optimizers, slower_fused_kernels
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -241,8 +242,9 @@ class OrtCompiledModel(CompiledModel):
         else:
             source = self._serialized_or_file()
         try:
+            refused = refusing_optimizers(int(self.options["threads"])) if self.options["optimization"] != "disabled" else []
             return ort.InferenceSession(
-                source, self.session_options, providers=["CPUExecutionProvider"]
+                source, self.session_options, providers=["CPUExecutionProvider"], disabled_optimizers=refused
             )
         except Exception as exc:
             if not _is_ort_error(exc):
@@ -484,6 +486,12 @@ class OrtCpu(Target):
         contrib = {f"{domain}::{op}" for domain, op in _contrib_ops() if domain == "com.microsoft"}
         kernels = _cpu_kernels() or {}
         return contrib | {f"ai.onnx::{op}" for op in _ORT_ONNX_DOMAIN_OPS if ("", op) in kernels}
+
+    def slower_fused_ops(self) -> dict[str, str]:
+        """Fused kernels measured slower on this host than their unfused ops at the
+        target's threads (:func:`targets.ort.kernel_choice.slower_fused_kernels`); the
+        sessions it builds keep onnxruntime from fusing those back."""
+        return slower_fused_kernels(int(self.options["threads"]))
 
     def lower(self, model: Model, ctx: PassContext | None = None) -> OrtCompiledModel:
         """Check every node is runnable, then build an ONNX Runtime CPU session.
