@@ -98,16 +98,37 @@ class CalibrationReader:
         return next(self.feeds, None)
 
 
+def prepare_for_quantizer(source: Path, dest: Path) -> Path:
+    """ONNX Runtime's quantizer pre-processing (shape inference) of ``source`` into ``dest``,
+    as its docs require; returns the model to quantize. Its symbolic shape inference gives
+    up on the fused contrib ops ("Incomplete symbolic shape inference") unless told to merge
+    and guess ranks; without it the histogram calibrators find no tensor with a known type
+    ("Histogram has not been collected"). ONNX shape inference alone is the last resort,
+    then ``source`` itself. Run inside a scratch working directory: it leaves files there."""
+    from onnxruntime.quantization import quant_pre_process
+
+    for options in ({"auto_merge": True, "guess_output_rank": True}, {}, {"skip_symbolic_shape": True}):
+        try:
+            quant_pre_process(str(source), str(dest), skip_optimization=True, **options)
+            return dest
+        except Exception:
+            continue
+    return source
+
+
+def quantize_ort_dynamic(prepared: Path, out: Path, *, per_channel: bool) -> None:
+    """ONNX Runtime's dynamic int8 quantizer (int8 weights), with ``DefaultTensorType=FLOAT``
+    for the fused ops' outputs whose type its shape inference leaves unknown."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(prepared), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
 def ort_contenders(workdir: Path, fused: Path, unfused: Path, calib: list[dict[str, np.ndarray]]) -> dict[str, Path | str]:
     """ONNX Runtime's quantizers, each as documented (quant_pre_process first for static).
     Returns contender name -> model path, or the error text when the tool failed."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantType,
-        quant_pre_process,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
 
     built: dict[str, Path | str] = {}
     prepared: dict[str, Path] = {}
@@ -116,23 +137,11 @@ def ort_contenders(workdir: Path, fused: Path, unfused: Path, calib: list[dict[s
     with warnings.catch_warnings(), contextlib.chdir(workdir):
         warnings.simplefilter("ignore")
         for source, tag in ((fused, "fused"), (unfused, "unfused")):
-            # ONNX Runtime's quantizer needs its pre-processing (shape inference) first. Its
-            # symbolic shape inference gives up on the fused contrib ops ("Incomplete
-            # symbolic shape inference") unless told to merge and guess ranks; without it
-            # the histogram calibrators find no tensor with a known type ("Histogram has
-            # not been collected"). ONNX shape inference alone is the last resort.
-            prepared[tag] = workdir / f"pre_{tag}.onnx"
-            for options in ({"auto_merge": True, "guess_output_rank": True}, {}, {"skip_symbolic_shape": True}):
-                try:
-                    quant_pre_process(str(source), str(prepared[tag]), skip_optimization=True, **options)
-                    break
-                except Exception:
-                    prepared[tag] = source if options.get("skip_symbolic_shape") else prepared[tag]
+            prepared[tag] = prepare_for_quantizer(source, workdir / f"pre_{tag}.onnx")
         for per_channel, label in ((False, ORT_DYNAMIC), (True, "ORT dynamic int8, fused model (per channel)")):
             out = workdir / f"ort_dynamic_pc{int(per_channel)}.onnx"
             try:
-                quantize_dynamic(str(prepared["fused"]), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
-                                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                quantize_ort_dynamic(prepared["fused"], out, per_channel=per_channel)
                 built[label] = out
             except Exception as exc:  # the table reports a tool that fails
                 built[label] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"

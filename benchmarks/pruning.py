@@ -400,26 +400,21 @@ def recover_once(original: gc.Model, pruned: gc.Model, samples: list[dict[str, n
 
 
 def ort_dynamic_int8(workdir: Path, batch_feeds: dict[str, np.ndarray]) -> Path:
-    """ONNX Runtime's dynamic int8 (per tensor) on its fused MiniLM, as benchmarks/int8.py builds it
-    (its shape pre-processing first, ``DefaultTensorType=FLOAT`` for the fused ops' outputs)."""
+    """ONNX Runtime's dynamic int8 (per tensor) on its fused MiniLM, built as benchmarks/int8.py builds it."""
     import contextlib
 
-    import onnx
     import torch
-    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
     from benchmarks.fusion import MINILM_HEADS, MINILM_HIDDEN, _legacy_export
+    from benchmarks.int8 import prepare_for_quantizer, quantize_ort_dynamic
     from tests.models import minilm_module
 
     legacy, fused, out = workdir / "legacy.onnx", workdir / "fused.onnx", workdir / "ort_dynamic.onnx"
     _legacy_export(minilm_module("eager"), {k: torch.from_numpy(v) for k, v in batch_feeds.items()}, legacy)
     optimize_model(str(legacy), model_type="bert", num_heads=MINILM_HEADS, hidden_size=MINILM_HIDDEN).save_model_to_file(str(fused))
-    prepared = workdir / "pre_fused.onnx"
     with contextlib.chdir(workdir):  # the quantizer leaves temporary files in the working directory
-        quant_pre_process(str(fused), str(prepared), skip_optimization=True, auto_merge=True, guess_output_rank=True)
-        quantize_dynamic(str(prepared), str(out), per_channel=False, weight_type=QuantType.QInt8,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_ort_dynamic(prepare_for_quantizer(fused, workdir / "pre_fused.onnx"), out, per_channel=False)
     return out
 
 

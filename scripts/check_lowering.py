@@ -21,12 +21,12 @@ from collections.abc import Callable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-import onnxruntime as ort
 
 import greencc as gc
 from greencc.calibration import held_out
 from greencc.lowering import lower_to_torch
 from greencc.lowering.verify import node_errors
+from greencc.target import resolve_target
 
 TOLERANCE = 1e-4
 LEVELS = {
@@ -58,12 +58,8 @@ MODELS: dict[str, tuple[Callable[[], gc.Model], Callable[[int], dict[str, np.nda
 
 
 def ort_outputs(model: gc.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """ONNX Runtime's outputs (CPU, all graph optimizations) by name."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    proto = gc.ir.to_self_contained_proto(model.ir).SerializeToString()
-    session = ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
+    """ONNX Runtime's outputs by name, as the ort-cpu target runs the graph."""
+    return resolve_target("ort-cpu").lower(model)(feeds)
 
 
 def main() -> int:

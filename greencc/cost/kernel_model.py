@@ -425,8 +425,8 @@ class KernelModel:
                 + features.output_bytes / self.output_bandwidth_bytes_per_s)
 
     def predict_s(self, features: NodeFeatures) -> float:
-        """Predicted seconds per inference."""
-        return float(self.node_seconds(features).sum() + self.call_overhead_s(features))
+        """Predicted seconds per inference (:meth:`predict`'s ``seconds``)."""
+        return self.predict(features).seconds
 
     def fitted(self, kernel: str) -> bool:
         """Whether a calibration benchmark timed kernel group ``kernel`` (``domain::op_type``),
@@ -442,7 +442,7 @@ class KernelModel:
         for kernel, node_s in zip(features.kernel, work_s, strict=True):
             if node_s > 0 and not self.fitted(kernel):
                 extrapolated[kernel] = extrapolated.get(kernel, 0.0) + float(node_s)
-        return KernelPrediction(float(work_s.sum() + overhead_s.sum() + self.call_overhead_s(features)),
+        return KernelPrediction(float((work_s + overhead_s).sum() + self.call_overhead_s(features)),
                                 dict(sorted(extrapolated.items(), key=lambda item: -item[1])))
 
     def to_dict(self) -> dict[str, Any]:
