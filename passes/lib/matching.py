@@ -251,9 +251,11 @@ class FusionRun:
         num_outputs: int = 1,
         output_names: Sequence[str] | None = None,
     ) -> ir.Node:
-        """A new node named after ``anchor`` with freshly named outputs (not yet inserted)."""
+        """A new node named after ``anchor`` with freshly named outputs (not yet inserted);
+        an empty name in ``output_names`` stays empty: an optional output left out, which
+        onnxruntime then does not compute (a named one it would)."""
         bases = list(output_names) if output_names else [f"{op_type.lower()}_out"] * num_outputs
-        outputs = [ir.Value(name=self.names.fresh(base)) for base in bases]
+        outputs = [ir.Value(name=self.names.fresh(base) if base else "") for base in bases]
         if domain and domain != "ai.onnx":
             self.use_domain(domain)
         # Trailing missing optional inputs are dropped; inner ones stay as empty inputs.
