@@ -501,6 +501,36 @@ def speed_table(figures: dict[str, SpeedFigures], built: dict[str, Built], rss: 
     return "\n".join(lines)
 
 
+def genai_baseline(name: str) -> str:
+    """The onnxruntime-genai contender at ``name``'s precision: int4 and int8 rows (and
+    ``green``, whose best form is int4) against genai int4 / int8, float rows against fp32."""
+    for precision in ("int4", "int8"):
+        if precision in name:
+            return GENAI.format(precision)
+    return GENAI.format("int4") if name.startswith("greencc green") else GENAI.format("fp32")
+
+
+def ratio_table(figures: dict[str, SpeedFigures]) -> str:
+    """Markdown: each greencc row's decode tok/s divided by its onnxruntime-genai baseline's
+    (:func:`genai_baseline`) in the same turn, median (p10–p90) over turns, at b1 and b4,
+    and against genai int4 (the goal's anchor); empty when genai did not run."""
+    anchor = figures.get(GENAI.format("int4"))
+    lines = ["| contender | baseline | decode b1 / baseline, per turn | decode b4 / baseline, per turn | "
+             "decode b1 / genai int4, per turn |", "|---|---|---:|---:|---:|"]
+    for name, got in figures.items():
+        base = figures.get(genai_baseline(name))
+        if not name.startswith("greencc") or base is None or anchor is None:
+            continue
+        cells = []
+        for reference, batch in ((base, 1), (base, 4), (anchor, 1)):
+            # tok/s ratio = the baseline's ms per step over this row's, turn by turn
+            r = np.asarray(reference.decode_ms[batch]) / np.asarray(got.decode_ms[batch])
+            low, mid, high = np.percentile(r, [10, 50, 90])
+            cells.append(f"{mid:.3f} ({low:.3f}–{high:.3f})")
+        lines.append(f"| {name} | {genai_baseline(name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def fidelity_table(scores: dict[str, tuple[float, float, float]], built: dict[str, Built],
                    missing: dict[str, str]) -> str:
     """Markdown: perplexity per byte, greedy agreement (prefix, positions), file MB."""
@@ -643,6 +673,10 @@ def run(args: argparse.Namespace) -> str:
         f"generate of {args.new_tokens} tokens (so: weights, runtime buffers and the interpreter). "
         f"Energy per decode token: the b1 call's energy apportioned to its decode steps by time; {meter.reason}.\n\n"
         + speed_table(figures, built, rss, missing))
+    ratios = ratio_table(figures)
+    if ratios:
+        body.append("Decode speed against onnxruntime-genai, turn by turn (the host is shared and noisy: "
+                    "these ratios, not the absolute figures, are what compares across runs):\n\n" + ratios)
     if plot(figures, scores):
         body.append(f"![decode tok/s against perplexity]({PLOT.relative_to(ROOT)})")
     if scratch is not None:
