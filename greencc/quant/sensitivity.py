@@ -46,13 +46,15 @@ class LayerSensitivity:
 class SensitivityReport:
     """The ranking (best value first: most energy per fidelity lost), the fidelity of the
     all-int8 model and of the final choice, and the layers kept in float (in the order
-    they were returned to float)."""
+    they were returned to float). ``measured`` is False when the budget held without the
+    leave-one-out losses (they were not measured; the ranking is by energy alone)."""
 
     layers: list[LayerSensitivity]
     all_int8: Fidelity
     final: Fidelity
     kept_float: list[str] = field(default_factory=list)
     budget: str = ""
+    measured: bool = True
 
     def stats(self) -> dict[str, int | float]:
         """Ledger counters: the ranking and the decisions, one entry per layer
@@ -61,11 +63,13 @@ class SensitivityReport:
             "sensitivity.min_cosine_all_int8": round(self.all_int8.cosine_min, 6),
             "sensitivity.min_cosine_final": round(self.final.cosine_min, 6),
             "sensitivity.kept_float": len(self.kept_float),
+            "sensitivity.leave_one_out": int(self.measured),
         }
         for rank, layer in enumerate(self.layers, start=1):
             prefix = f"rank{rank:02d} {layer.name}"
             stats[f"{prefix} mJ_saved"] = round(layer.energy_saved_mj, 6)
-            stats[f"{prefix} cos_loss"] = round(layer.loss, 6)
+            if self.measured:
+                stats[f"{prefix} cos_loss"] = round(layer.loss, 6)
             stats[f"{prefix} float"] = int(layer.decision == "float")
         return stats
 
@@ -75,7 +79,7 @@ class SensitivityReport:
         for rank, layer in enumerate(self.layers, start=1):
             lines.append(
                 f"{rank:>4}  {layer.name[:40]:40s} {layer.kind:9s} {layer.energy_saved_mj:9.4f} "
-                f"{layer.loss:9.5f}  {layer.decision}{' (' + layer.why + ')' if layer.why else ''}"
+                f"{f'{layer.loss:9.5f}' if self.measured else '        -'}  {layer.decision}{' (' + layer.why + ')' if layer.why else ''}"
             )
         return "\n".join(lines)
 
@@ -102,30 +106,35 @@ def choose_float_layers(
     then in the metric's units. ``costly_first=False`` ranks layers that save no energy
     last instead of returning them to float unasked (when the quantized form is wanted for
     its size). ``progress(done, total)`` is called as each leave-one-out score is done.
-    ``layers`` are updated in place and returned ranked best first.
+    ``layers`` are updated in place and returned ranked best first. The leave-one-out
+    losses are measured only when the budget fails with every energy-saving layer quantized
+    (``SensitivityReport.measured``); otherwise ``score`` runs once or twice.
     """
     metric = metric or (lambda fidelity: fidelity.cosine_min)
     layers = list(layers)
     all_int8 = score(frozenset())
-    for done, layer in enumerate(layers, start=1):
-        without = score(frozenset({layer.name}))
-        layer.cosine_without = without.cosine_min
-        layer.loss = max(0.0, metric(without) - metric(all_int8))
-        if progress is not None:
-            progress(done, len(layers))
-    # Best value first: energy-positive layers by mJ per cosine descending, then the layers
-    # that save nothing, the least lossy first (so the lossiest go back to float first).
-    layers.sort(key=lambda layer: (layer.energy_saved_mj > 0,
-                                   layer.mj_per_cosine if layer.energy_saved_mj > 0 else -layer.loss), reverse=True)
     kept: list[str] = []
-    final = all_int8
     for layer in layers:
         if costly_first and layer.energy_saved_mj <= 0:
             layer.decision, layer.why = "float", f"{layer.decision} costs more energy than it saves"
             kept.append(layer.name)
-    if kept:
-        final = score(frozenset(kept))
+    final = score(frozenset(kept)) if kept else all_int8
     limit = len(layers) if max_float is None else max_float
+    # Leave-one-out costs one build and run per layer (151 on a 30-layer decoder: the most of
+    # a compile); it only orders the layers to return to float, so it runs only when some must.
+    measured = budget.check(final) is not None and len(kept) < limit
+    if measured:
+        for done, layer in enumerate(layers, start=1):
+            without = score(frozenset({layer.name}))
+            layer.cosine_without = without.cosine_min
+            layer.loss = max(0.0, metric(without) - metric(all_int8))
+            if progress is not None:
+                progress(done, len(layers))
+    # Best value first: energy-positive layers by mJ per cosine descending (by energy alone
+    # when unmeasured), then the layers that save nothing, the least lossy first (so the
+    # lossiest go back to float first).
+    layers.sort(key=lambda layer: (layer.energy_saved_mj > 0,
+                                   layer.mj_per_cosine if layer.energy_saved_mj > 0 else -layer.loss), reverse=True)
     for layer in reversed(layers):
         if budget.check(final) is None or len(kept) >= limit:
             break
@@ -134,4 +143,4 @@ def choose_float_layers(
         kept.append(layer.name)
         layer.decision, layer.why = "float", f"kept in float for the budget ({budget})"
         final = score(frozenset(kept))
-    return SensitivityReport(layers, all_int8, final, kept, str(budget))
+    return SensitivityReport(layers, all_int8, final, kept, str(budget), measured=measured)

@@ -26,28 +26,31 @@ g (float[N, 16] x) => (float[N, 8] y)
 """
 
 
-def _events(pipeline: str) -> list[ProgressEvent]:
+def _events(pipeline: str, budget: str | None = None) -> list[ProgressEvent]:
     events: list[ProgressEvent] = []
-    gc.compile(model_from_text(MLP), "ort-cpu", pipeline, dims={"N": 4}, progress=events.append)
+    gc.compile(model_from_text(MLP), "ort-cpu", pipeline, dims={"N": 4}, progress=events.append, budget=budget)
     return events
 
 
 def test_events_come_in_order_with_pass_numbers_and_inner_steps():
-    events = _events("cleanup{steps=3},quantize-int8{fallback=sensitivity}")
+    # A budget int4 cannot meet, so the sensitivity fallback measures each layer (its steps;
+    # int8 would put these tiny layers back in float unmeasured, as they save no energy).
+    quantize = "quantize-weights{block=16,fallback=sensitivity}"
+    events = _events(f"cleanup{{steps=3}},{quantize}", budget="cos=0.9999999")
     summary = [(e.kind, e.name, e.index, e.total) for e in events if e.kind != "step"]
     assert summary == [
         ("stage", "load model", 0, 0),
         ("pass-start", "cleanup", 1, 2), ("pass-end", "cleanup", 1, 2),
         # steps=3 repeats cleanup while it changes something: still item 1 of 2
         ("pass-start", "cleanup", 1, 2), ("pass-end", "cleanup", 1, 2),
-        ("pass-start", "quantize-int8{fallback=sensitivity}", 2, 2),
-        ("pass-end", "quantize-int8{fallback=sensitivity}", 2, 2),
+        ("pass-start", quantize, 2, 2),
+        ("pass-end", quantize, 2, 2),
         ("stage", "lower ort-cpu", 0, 2),
     ]
     ends = [e.modified for e in events if e.kind == "pass-end"]
     assert ends[:2] == [True, False]
     steps = [(e.name, e.what, e.done, e.steps) for e in events if e.kind == "step"]
-    assert steps == [("quantize-int8{fallback=sensitivity}", "int8 sensitivity", done, 2) for done in (1, 2)]
+    assert steps == [(quantize, what, done, 2) for what in ("rtn weights", "int4 sensitivity") for done in (1, 2)]
     elapsed = [e.elapsed_s for e in events]
     assert elapsed == sorted(elapsed) and elapsed[0] >= 0
     assert all(e.pass_elapsed_s <= e.elapsed_s for e in events)

@@ -60,9 +60,15 @@ def test_layers_that_cost_energy_go_back_to_float_even_within_budget():
 
 def test_nothing_returns_to_float_when_the_budget_already_holds():
     layers = [LayerSensitivity(n, "MatMul", 1.0) for n in "xyz"]
-    score, _ = _additive_score({"x": 0.001, "y": 0.002, "z": 0.0})
+    score, calls = _additive_score({"x": 0.001, "y": 0.002, "z": 0.0})
     report = choose_float_layers(layers, score, FidelityBudget(min_cosine=0.99))
     assert report.kept_float == [] and all(layer.decision == "int8" for layer in report.layers)
+    # No layer has to go back, so no leave-one-out: one score instead of four, and the
+    # ledger says the losses were not measured rather than showing zeros.
+    assert calls == [frozenset()] and report.measured is False
+    stats = report.stats()
+    assert stats["sensitivity.leave_one_out"] == 0 and not any(key.endswith("cos_loss") for key in stats)
+    assert "-" in report.table().splitlines()[1]
 
 
 WIDTH = 256
