@@ -366,10 +366,13 @@ def _reason(exc: BaseException) -> str:
 def measure_speed(contenders: dict[str, Contender], *, turns: int, new_tokens: int, vocab: int,
                   log: Callable[[str], None]) -> dict[str, SpeedFigures]:
     """Paired turns: in each, every contender (after a 0.1 s pause before each call) makes a
-    128-token prefill at b1 (time to the first token) and generates ``new_tokens`` tokens at
-    b1 and b4 from 32-token prompts, timing the steps after the first new token. The energy
-    of the b1 call, read with the best meter here (the CPU-time estimate without RAPL), is
-    apportioned to its decode steps by their share of its time."""
+    128-token prefill at b1 (time to the first token), then every contender generates
+    ``new_tokens`` tokens at b1, then every one at b4, from 32-token prompts, timing the
+    steps after the first new token. Each measurement runs across the contenders back to
+    back (seconds apart, so a per-turn ratio compares like with like on a drifting host),
+    in an order rotated by one every turn (no contender always follows the same one). The
+    energy of the b1 call, read with the best meter here (the CPU-time estimate without
+    RAPL), is apportioned to its decode steps by their share of its time."""
     rng = np.random.default_rng(0)
     prefill_prompt = rng.integers(0, min(vocab, 256), (1, 128)).astype(np.int64)
     prompts = {b: rng.integers(0, min(vocab, 256), (b, 32)).astype(np.int64) for b in (1, 4)}
@@ -378,18 +381,22 @@ def measure_speed(contenders: dict[str, Contender], *, turns: int, new_tokens: i
     for contender in contenders.values():
         contender.generate(prefill_prompt, 2)
         contender.generate(prompts[4], 2)
+    names = list(contenders)
     for turn in range(turns):
-        for name, contender in contenders.items():
-            got = figures[name]
+        shift = turn % len(names) if names else 0
+        order = names[shift:] + names[:shift]
+        for name in order:
             time.sleep(0.1)
             start = time.perf_counter()
-            contender.generate(prefill_prompt, 1)
-            got.prefill_ms.append((time.perf_counter() - start) * 1000.0)
-            for batch, prompt in prompts.items():
+            contenders[name].generate(prefill_prompt, 1)
+            figures[name].prefill_ms.append((time.perf_counter() - start) * 1000.0)
+        for batch, prompt in prompts.items():
+            for name in order:
+                got = figures[name]
                 time.sleep(0.1)
                 joules = meter.read_j()
                 start = time.perf_counter()
-                _, decode_ms = contender.generate(prompt, new_tokens)
+                _, decode_ms = contenders[name].generate(prompt, new_tokens)
                 call_ms = (time.perf_counter() - start) * 1000.0
                 joules = meter.read_j() - joules
                 got.decode_ms[batch].append(decode_ms / (new_tokens - 1))
@@ -524,8 +531,7 @@ def ratio_table(figures: dict[str, SpeedFigures]) -> str:
         cells = []
         for reference, batch in ((base, 1), (base, 4), (anchor, 1)):
             # tok/s ratio = the baseline's ms per step over this row's, turn by turn
-            r = np.asarray(reference.decode_ms[batch]) / np.asarray(got.decode_ms[batch])
-            low, mid, high = np.percentile(r, [10, 50, 90])
+            mid, low, high = _spread(list(np.asarray(reference.decode_ms[batch]) / np.asarray(got.decode_ms[batch])))
             cells.append(f"{mid:.3f} ({low:.3f}–{high:.3f})")
         lines.append(f"| {name} | {genai_baseline(name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
@@ -664,9 +670,10 @@ def run(args: argparse.Namespace) -> str:
         f"hidden {shape['hidden_size']}, {shape['num_attention_heads']} heads / {shape['num_key_value_heads']} KV heads, "
         f"SwiGLU {shape['intermediate_size']}, vocab {shape['vocab_size']}, tied embeddings: "
         f"{shape.get('tie_word_embeddings')}), {args.threads} threads\n\n"
-        f"{args.turns} paired turns; in each, every contender makes (after a 0.1 s pause before each call) a prefill "
-        "of 128 tokens at b1 (time to the first token), and at b1 and b4 from 32-token prompts a generate "
-        f"of {args.new_tokens} tokens, timing the {args.new_tokens - 1} decode steps after the first new token "
+        f"{args.turns} paired turns; in each (after a 0.1 s pause before each call) every contender makes a prefill "
+        "of 128 tokens at b1 (time to the first token), then every one a generate at b1, then at b4, from 32-token "
+        f"prompts, of {args.new_tokens} tokens, timing the {args.new_tokens - 1} decode steps after the first new token; "
+        "the contenders' order rotates by one each turn "
         "(transformers: a streamer's timestamps; onnxruntime-genai: its `generate_next_token` loop; greencc: "
         "`GenerationResult.decode_ms`). "
         "Median (p10–p90 over turns). Peak RSS: a fresh process per contender, peak reset after loading, over a b1 "
