@@ -394,7 +394,7 @@ def test_sensitivity_fallback_keeps_layers_in_float_to_meet_the_perplexity_budge
 
 
 def test_o3_and_green_pick_int4_for_decoders_only():
-    assert "quantize-weights{bits=4,models=decoders,when=saves-energy}" in str(Pipeline.parse("-O3"))
+    assert "quantize-weights{bits=4,accuracy_level=4,models=decoders,when=saves-energy}" in str(Pipeline.parse("-O3"))
     assert "quantize-weights" in str(Pipeline.parse("green"))
     decode = {"batch": 1, "seq": 1, "past_seq": 64, "total_seq": 65}
     socket = HardwareProfile.named("x86-avx512")
