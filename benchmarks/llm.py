@@ -684,7 +684,7 @@ def run(args: argparse.Namespace) -> str:
     if ratios:
         body.append("Decode speed against onnxruntime-genai, turn by turn (the host is shared and noisy: "
                     "these ratios, not the absolute figures, are what compares across runs):\n\n" + ratios)
-    if plot(figures, scores):
+    if not args.no_write and plot(figures, scores):  # --no-write leaves the committed plot alone too
         body.append(f"![decode tok/s against perplexity]({PLOT.relative_to(ROOT)})")
     if scratch is not None:
         scratch.cleanup()
