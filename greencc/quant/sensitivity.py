@@ -77,9 +77,10 @@ class SensitivityReport:
         """A plain-text ranking table (for reports and notes)."""
         lines = [f"{'rank':>4}  {'layer':40s} {'kind':9s} {'mJ saved':>9} {'cos loss':>9}  decision"]
         for rank, layer in enumerate(self.layers, start=1):
+            loss = f"{layer.loss:9.5f}" if self.measured else f"{'-':>9}"
             lines.append(
                 f"{rank:>4}  {layer.name[:40]:40s} {layer.kind:9s} {layer.energy_saved_mj:9.4f} "
-                f"{f'{layer.loss:9.5f}' if self.measured else '        -'}  {layer.decision}{' (' + layer.why + ')' if layer.why else ''}"
+                f"{loss}  {layer.decision}{' (' + layer.why + ')' if layer.why else ''}"
             )
         return "\n".join(lines)
 
