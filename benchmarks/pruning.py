@@ -351,6 +351,15 @@ def distillation_sentences(exclude: set[str]) -> list[str]:
     return sentences
 
 
+def vocabulary_sentences(tokenizer, count: int, seed: int = 0) -> list[str]:
+    """``count`` seeded sequences of 5–24 whole words drawn uniformly from ``tokenizer``'s
+    vocabulary (alphabetic ASCII entries of two letters or more, no ``##`` pieces): text
+    without grammar but with everyday words, which Python's help texts lack."""
+    words = sorted(w for w in tokenizer.vocab if w.isascii() and w.isalpha() and len(w) > 1)
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(words, int(rng.integers(5, 25)))) for _ in range(count)]
+
+
 class PeakMemory:
     """Peak resident memory above the level at entry (MB), sampled every 10 ms in a thread."""
 
@@ -376,6 +385,18 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def ratio_pair(text: str) -> tuple[float, float]:
+    """``"R"`` -> (R, R); ``"H/F"`` -> (H, F): fractions of heads and of FFN neurons pruned."""
+    heads, _, ffn = text.partition("/")
+    return float(heads), float(ffn or heads)
+
+
+def pruning_passes(heads: float, ffn: float) -> str:
+    """The pruning passes for fractions ``heads`` and ``ffn`` (a zero fraction's pass left out)."""
+    return ",".join(text for ratio, text in ((heads, f"prune-heads{{ratio={heads}}}"), (ffn, f"prune-ffn{{ratio={ffn}}}"))
+                    if ratio)
 
 
 def recover_once(original: gc.Model, pruned: gc.Model, samples: list[dict[str, np.ndarray]], options: dict,
@@ -426,14 +447,21 @@ def recovery_main() -> None:
     parser.add_argument("--seq", type=int, default=128, help="evaluation and timing sequence length")
     parser.add_argument("--distill-seq", type=int, default=64, help="distillation sentences' padded length")
     parser.add_argument("--rows", type=int, default=2048, help="distillation sentences")
-    parser.add_argument("--ratios", default="0.3", help="comma-separated fractions of heads and FFN neurons pruned")
+    parser.add_argument("--vocab-rows", type=int, default=2048,
+                        help="vocabulary-sampled word sequences added to the distillation text")
+    parser.add_argument("--ratios", default="0.3",
+                        help="comma-separated fractions pruned: R (heads and FFN neurons) or H/F (heads / FFN)")
+    parser.add_argument("--goal", default="", help="the H/F of the prune + recover + int8 pipeline (default: the first)")
+    parser.add_argument("--no-adafactor", dest="adafactor", action="store_false",
+                        help="skip the Adafactor run at the first ratio")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--adafactor-lr", type=float, default=2e-4)
     parser.add_argument("--loss", choices=("output", "hidden"), default="hidden", help="recover's loss")
+    parser.add_argument("--match", choices=("mse", "cosine"), default="mse", help="recover's comparison")
     parser.add_argument("--eval", type=int, default=80, help="evaluation sentences")
-    parser.add_argument("--train-threads", type=int, default=1, help="torch threads while training")
+    parser.add_argument("--train-threads", type=int, default=2, help="torch threads while training")
     parser.add_argument("--lock", default="", help="a lock file to wait for and hold while timing")
     args = parser.parse_args()
 
@@ -450,6 +478,7 @@ def recovery_main() -> None:
     evaluation_text = _sentences(EVALUATION_TEXT, args.eval)
     calibration_text = _sentences(CALIBRATION_TEXT, 16)
     distill_text = distillation_sentences(set(evaluation_text) | set(calibration_text))[: args.rows]
+    distill_text += vocabulary_sentences(tokenizer, args.vocab_rows)
     assert not set(distill_text) & set(evaluation_text), "distillation and evaluation sentences overlap"
     scratch = tempfile.TemporaryDirectory(prefix="greencc-bench-recovery-")
     workdir = Path(scratch.name)
@@ -473,40 +502,41 @@ def recovery_main() -> None:
     def shape_of(m: gc.Model) -> tuple[list[int], list[int]]:
         return [b.num_heads for b in find_head_blocks(m).blocks], [g.width for g in find_unit_groups(m.ir, "ffn")[0]]
 
-    note(f"{len(distill_text)} distillation sentences from pydoc_data.topics (padded to {args.distill_seq} tokens), "
+    note(f"{len(distill_text) - args.vocab_rows} distillation sentences from pydoc_data.topics and {args.vocab_rows} "
+         f"vocabulary-sampled word sequences (padded to {args.distill_seq} tokens), "
          f"disjoint from the {len(evaluation_text)} evaluation sentences; pruning scored on {len(calibration)} calibration sentences")
     base = {"lr": args.lr, "max_steps": args.steps, "batch": args.batch, "data": str(rows_path), "patience": 4,
-            "held_out": 0.1, "eval_every": 25, "loss": args.loss}
+            "held_out": 0.1, "eval_every": 25, "loss": args.loss, "match": args.match, "threads": args.train_threads}
     table_rows: list[str] = []
     timed: dict[str, gc.Model] = {"original": model}
-    recovered_by_ratio: dict[float, gc.Model] = {}
+    pairs = [ratio_pair(text) for text in args.ratios.split(",")]
+    goal = ratio_pair(args.goal) if args.goal else pairs[0]
     first_pruned: gc.Model | None = None
-    for ratio in (float(r) for r in args.ratios.split(",")):
+    for heads_ratio, ffn_ratio in pairs:
         start = time.perf_counter()
-        pruned, _ = gc.optimize(model, f"prune-heads{{ratio={ratio}}},prune-ffn{{ratio={ratio}}}",
-                                calibration=calibration, verify=False)
+        pruned, _ = gc.optimize(model, pruning_passes(heads_ratio, ffn_ratio), calibration=calibration, verify=False)
+        name = f"{heads_ratio:.0%} / {ffn_ratio:.0%}"
         prune_s = time.perf_counter() - start
         first_pruned = first_pruned or pruned
         heads, widths = shape_of(pruned)
         macs = analytic_macs(heads, widths, args.seq)
         before = fidelity(pruned)
-        optimizers = ("adamw", "adafactor") if ratio == float(args.ratios.split(",")[0]) else ("adamw",)
+        optimizers = ("adamw", "adafactor") if (heads_ratio, ffn_ratio) == pairs[0] and args.adafactor else ("adamw",)
         for optimizer in optimizers:
             lr = args.lr if optimizer == "adamw" else args.adafactor_lr
             recovered, stats, wall, peak = recover_once(model, pruned, samples, {**base, "optimizer": optimizer, "lr": lr},
-                                                        f"{ratio:.0%} {optimizer}")
+                                                        f"{name} {optimizer}")
             after = fidelity(recovered)
             table_rows.append(
-                f"| {ratio:.0%} / {ratio:.0%} | {sum(heads)} / {sum(widths)} | {optimizer} (lr {lr:g}) | "
+                f"| {name} | {sum(heads)} / {sum(widths)} | {optimizer} (lr {lr:g}) | "
                 f"{before[0]:.4f} / {before[1]:.4f} / {before[2]:.3f} | {after[0]:.4f} / {after[1]:.4f} / {after[2]:.3f} | "
                 f"{macs / 1e9:.3f} ({macs / analytic_macs([12] * LAYERS, [FFN_WIDTH] * LAYERS, args.seq):.2f}×) | "
                 f"{int(stats['steps_run'])} (best {int(stats['best_step'])}) | {wall:.0f} s (+{prune_s:.0f} s pruning) | "
                 f"{peak:.0f} MB ({stats['optimizer_state_bytes'] / 1e6:.2f} MB state) |")
             print(table_rows[-1], flush=True)
             if optimizer == "adamw":
-                recovered_by_ratio[ratio] = recovered
-                timed[f"pruned {ratio:.0%}, recovered (fp32)"] = recovered
-                timed[f"pruned {ratio:.0%} (fp32)"] = pruned
+                timed[f"pruned {name}, recovered (fp32)"] = recovered
+                timed[f"pruned {name} (fp32)"] = pruned
 
     # Early stopping: few rows, so the held-out loss turns up once the student fits them.
     assert first_pruned is not None
@@ -523,9 +553,9 @@ def recovery_main() -> None:
          f"{wall:.0f} s. Held-out loss by step: {curve}")
 
     # The goal: prune + recover + int8, compiled as one pipeline, against ORT's dynamic int8.
-    best_ratio = max(recovered_by_ratio)
-    pipeline = (f"cleanup,prune-heads{{ratio={best_ratio}}},prune-ffn{{ratio={best_ratio}}},"
-                f"recover{{lr={args.lr},max_steps={args.steps},batch={args.batch},loss={args.loss},eval_every=25,"
+    pipeline = (f"cleanup,{pruning_passes(*goal)},"
+                f"recover{{lr={args.lr},max_steps={args.steps},batch={args.batch},loss={args.loss},match={args.match},"
+                f"threads={args.train_threads},eval_every=25,"
                 f"held_out=0.1,data={rows_path}}},fuse,dce,{INT8}")
     events: list[str] = []
 
@@ -544,7 +574,7 @@ def recovery_main() -> None:
     options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
     session = ort.InferenceSession(str(ort_path), options, providers=["CPUExecutionProvider"])
     compiled = {name: gc.compile(m, "ort-cpu", "-O2", threads=args.threads, verify=False) for name, m in timed.items()}
-    name_ours = f"greencc prune {best_ratio:.0%} + recover + int8"
+    name_ours = f"greencc prune {goal[0]:.0%} / {goal[1]:.0%} + recover + int8"
     runners: dict[str, Callable[[dict], np.ndarray]] = {
         name: (lambda f, c=c: c(f)[c.model.outputs[0].name]) for name, c in compiled.items()}
     runners["greencc -O3 (int8)"] = lambda f: o3(f)[o3.model.outputs[0].name]

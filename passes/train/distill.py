@@ -41,7 +41,8 @@ class Settings:
     ``targets``: the output names matched (``hidden`` among them weighed the same as the
     graph outputs, see :func:`relative_loss`); ``padding_mask``: the input whose
     ``[batch, seq]`` zeros mark padded positions, left out of the loss (``None``: every
-    position counts); ``fake_quant``: torch parameter name -> output-channel axis
+    position counts); ``match``: how a target is compared, ``mse`` (:func:`relative_loss`)
+    or ``cosine`` (:func:`cosine_loss`); ``fake_quant``: torch parameter name -> output-channel axis
     (``None``: per tensor) of the weights fake-quantized to int8."""
 
     optimizer: str
@@ -53,6 +54,7 @@ class Settings:
     targets: tuple[str, ...]
     seed: int
     padding_mask: str | None = None
+    match: str = "mse"
     fake_quant: Mapping[str, int | None] = field(default_factory=dict)
 
 
@@ -106,12 +108,14 @@ def _train(module: torch.nn.Module, input_names: Sequence[str], output_names: Se
     def mask_of(feeds: Feeds) -> np.ndarray | None:
         return feeds.get(settings.padding_mask) if settings.padding_mask else None
 
+    measure = cosine_loss if settings.match == "cosine" else relative_loss
+
     held_out = [(group, [teacher(feeds) for feeds in group])
                 for group in batches(data.held_out, settings.batch, data.stackable)]
 
     def evaluate() -> float:
         with torch.no_grad():
-            losses = [relative_loss(forward(feeds), expected, settings.targets, mask_of(feeds))
+            losses = [measure(forward(feeds), expected, settings.targets, mask_of(feeds))
                       for group, targets in held_out for feeds, expected in zip(group, targets, strict=True)]
         return float(torch.stack(losses).mean())
 
@@ -128,7 +132,7 @@ def _train(module: torch.nn.Module, input_names: Sequence[str], output_names: Se
         group = order.pop(0)
         optimizer.zero_grad(set_to_none=True)
         for feeds in group:
-            loss = relative_loss(forward(feeds), teacher(feeds), settings.targets, mask_of(feeds)) / len(group)
+            loss = measure(forward(feeds), teacher(feeds), settings.targets, mask_of(feeds)) / len(group)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
         for param, mask in masks:
@@ -188,6 +192,30 @@ def relative_loss(got: Mapping[str, torch.Tensor], expected: Mapping[str, np.nda
                 *padding.shape, *([1] * (target.ndim - 2)))
             error, energy = error * weight, energy * weight
         terms.append(error.sum() / (energy.sum() + EPS))
+    return torch.stack(terms).mean()
+
+
+def cosine_loss(got: Mapping[str, torch.Tensor], expected: Mapping[str, np.ndarray],
+                targets: Sequence[str], padding: np.ndarray | None = None) -> torch.Tensor:
+    """Mean over ``targets`` of the mean over positions of ``1 − cos(s, t)`` along the last
+    axis (student ``s``, teacher ``t``): every position's direction counts alike, however
+    large its norm, where :func:`relative_loss` is ruled by the largest activations. Where
+    ``padding`` (``[batch, seq]``, zero at padded positions) matches a target's leading
+    dims, padded positions are left out. A target of rank below 2 is compared whole."""
+    terms = []
+    for name in targets:
+        target = torch.from_numpy(np.asarray(expected[name], np.float32))
+        student = got[name].float()
+        if target.ndim < 2:
+            target, student = target.reshape(1, -1), student.reshape(1, -1)
+        distance = 1 - torch.nn.functional.cosine_similarity(student, target, dim=-1, eps=1e-8)
+        if padding is not None and target.ndim >= 3 and tuple(target.shape[:2]) == padding.shape:
+            weight = torch.from_numpy(np.asarray(padding != 0, np.float32)).reshape(
+                *padding.shape, *([1] * (distance.ndim - 2)))
+            weight = weight.expand_as(distance)
+            terms.append((distance * weight).sum() / weight.sum().clamp_min(1))
+        else:
+            terms.append(distance.mean())
     return torch.stack(terms).mean()
 
 

@@ -39,10 +39,12 @@ class Recover(Pass):
     seeded ``held_out`` fraction of the rows is never trained on: the loss on it is
     measured every ``eval_every`` steps (0: every twentieth of ``max_steps``), and after
     ``patience`` evaluations without improvement training stops; the best step's weights
-    are kept. ``loss``: ``output`` matches the graph's float outputs by relative squared
-    error; ``hidden`` also matches the hidden states student and teacher share (the
+    are kept. ``loss``: ``output`` matches the graph's float outputs; ``hidden`` also matches the hidden states student and teacher share (the
     outputs of normalization nodes with the same name, dtype and shape in both, see
-    :func:`sites.shared_hidden_states`). ``qat``: fake-quantize the weights int8 will
+    :func:`sites.shared_hidden_states`). ``match``: ``mse`` compares each by relative
+    squared error (ruled by the largest activations), ``cosine`` by the mean over positions
+    of 1 − cosine along the last axis (each position's direction alike; suits embeddings
+    compared by cosine). ``qat``: fake-quantize the weights int8 will
     quantize (symmetric, per output channel unless the int8 pass says ``per_channel=false``)
     during training; ``auto`` does so when ``quantize-int8`` follows in the run's pipeline.
     ``padding``: ``auto`` leaves padded positions (zeros of a rank-2 ``attention_mask``
@@ -64,6 +66,7 @@ class Recover(Pass):
     held_out: float = 0.2
     data: str = "calib"
     loss: Literal["output", "hidden"] = "output"
+    match: Literal["mse", "cosine"] = "mse"
     qat: Literal["auto", "on", "off"] = "auto"
     padding: Literal["auto", "off"] = "auto"
     threads: int = 0
@@ -125,7 +128,7 @@ class Recover(Pass):
         settings = Settings(
             optimizer=self.optimizer, lr=self.lr, max_steps=self.max_steps, batch=self.batch,
             patience=self.patience, eval_every=self.eval_every or max(1, self.max_steps // 20),
-            targets=(*targets, *hidden), seed=ctx.seed, padding_mask=self._padding_mask(model),
+            targets=(*targets, *hidden), seed=ctx.seed, padding_mask=self._padding_mask(model), match=self.match,
             fake_quant={by_ir[name]: axis for name, axis in quantized.items() if name in by_ir},
         )
         threads = self.threads or (ctx.config.threads if ctx.config is not None else None)

@@ -206,8 +206,35 @@ def test_padded_positions_are_left_out_of_the_loss():
     assert float(relative_loss(got, {"out": teacher}, ["out"], padding[:, :4])) > 1.0
 
 
+def test_cosine_match_weighs_every_position_alike_and_ignores_scale():
+    torch = pytest.importorskip("torch")
+    from greencc.passes.train.distill import cosine_loss, relative_loss
+
+    teacher = np.random.default_rng(1).normal(size=(1, 4, 8)).astype(np.float32)
+    teacher[0, 0] *= 100.0  # one position with a far larger norm, as BERT's outlier tokens have
+    scaled = {"out": torch.from_numpy(teacher * 3.0)}
+    assert float(cosine_loss(scaled, {"out": teacher}, ["out"])) == pytest.approx(0.0, abs=1e-6)
+    turned = teacher.copy()
+    turned[0, 1] = -turned[0, 1]  # a small position pointing the other way
+    got = {"out": torch.from_numpy(turned)}
+    # Relative MSE barely sees it beside the large position; cosine counts it as a quarter of the positions.
+    assert float(relative_loss(got, {"out": teacher}, ["out"])) < 0.01
+    assert float(cosine_loss(got, {"out": teacher}, ["out"])) == pytest.approx(0.5, abs=1e-5)
+    padding = np.array([[1, 0, 1, 1]])
+    assert float(cosine_loss(got, {"out": teacher}, ["out"], padding)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cosine_match_recovers_a_pruned_model():
+    pruned, _ = _run(PRUNE)
+    recovered, stats = _recover_directly("lr=0.003,max_steps=60,batch=4,eval_every=5,patience=20,threads=1,"
+                                         "loss=hidden,match=cosine")
+    assert stats["loss_best"] < 0.5 * stats["loss_before"]
+    before, after = _fresh_fidelity(pruned), _fresh_fidelity(recovered)
+    assert after > before + 0.25 * (1 - before), (before, after)
+
+
 @pytest.mark.parametrize("options", [
-    {"lr": 0}, {"lr": "nan"}, {"max_steps": 0}, {"batch": 0}, {"patience": 0}, {"eval_every": -1},
+    {"match": "l1"}, {"lr": 0}, {"lr": "nan"}, {"max_steps": 0}, {"batch": 0}, {"patience": 0}, {"eval_every": -1},
     {"held_out": 1.0}, {"held_out": 0}, {"data": "samples.txt"}, {"optimizer": "sgd"}, {"loss": "logits"},
     {"qat": "maybe"}, {"padding": "maybe"}, {"threads": -1},
 ])
