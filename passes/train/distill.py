@@ -187,9 +187,8 @@ def relative_loss(got: Mapping[str, torch.Tensor], expected: Mapping[str, np.nda
         target = torch.from_numpy(np.asarray(expected[name], np.float32))
         student = got[name].float()
         error, energy = (student - target) ** 2, target**2
-        if padding is not None and target.ndim >= 2 and tuple(target.shape[:2]) == padding.shape:
-            weight = torch.from_numpy(np.asarray(padding != 0, np.float32)).reshape(
-                *padding.shape, *([1] * (target.ndim - 2)))
+        weight = _kept_positions(padding, tuple(target.shape), target.ndim)
+        if weight is not None:
             error, energy = error * weight, energy * weight
         terms.append(error.sum() / (energy.sum() + EPS))
     return torch.stack(terms).mean()
@@ -209,14 +208,22 @@ def cosine_loss(got: Mapping[str, torch.Tensor], expected: Mapping[str, np.ndarr
         if target.ndim < 2:
             target, student = target.reshape(1, -1), student.reshape(1, -1)
         distance = 1 - torch.nn.functional.cosine_similarity(student, target, dim=-1, eps=1e-8)
-        if padding is not None and target.ndim >= 3 and tuple(target.shape[:2]) == padding.shape:
-            weight = torch.from_numpy(np.asarray(padding != 0, np.float32)).reshape(
-                *padding.shape, *([1] * (distance.ndim - 2)))
+        weight = _kept_positions(padding, tuple(distance.shape), distance.ndim) if target.ndim >= 3 else None
+        if weight is None:
+            terms.append(distance.mean())
+        else:
             weight = weight.expand_as(distance)
             terms.append((distance * weight).sum() / weight.sum().clamp_min(1))
-        else:
-            terms.append(distance.mean())
     return torch.stack(terms).mean()
+
+
+def _kept_positions(padding: np.ndarray | None, shape: tuple[int, ...], ndim: int) -> torch.Tensor | None:
+    """1 at the unpadded positions of ``padding`` (``[batch, seq]``), 0 elsewhere, shaped to
+    broadcast over a tensor of ``shape`` (rank ``ndim``); ``None`` when there is no
+    padding or ``shape`` does not lead with ``[batch, seq]``."""
+    if padding is None or ndim < 2 or shape[:2] != padding.shape:
+        return None
+    return torch.from_numpy(np.asarray(padding != 0, np.float32)).reshape(*padding.shape, *([1] * (ndim - 2)))
 
 
 def _optimizer(settings: Settings, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

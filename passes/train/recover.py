@@ -39,8 +39,9 @@ class Recover(Pass):
     seeded ``held_out`` fraction of the rows is never trained on: the loss on it is
     measured every ``eval_every`` steps (0: every twentieth of ``max_steps``), and after
     ``patience`` evaluations without improvement training stops; the best step's weights
-    are kept. ``loss``: ``output`` matches the graph's float outputs; ``hidden`` also matches the hidden states student and teacher share (the
-    outputs of normalization nodes with the same name, dtype and shape in both, see
+    are kept. ``loss``: ``output`` matches the graph's float outputs; ``hidden`` also
+    matches the hidden states student and teacher share (the outputs of normalization
+    nodes with the same name, dtype and shape in both, see
     :func:`sites.shared_hidden_states`). ``match``: ``mse`` compares each by relative
     squared error (ruled by the largest activations), ``cosine`` by the mean over positions
     of 1 − cosine along the last axis (each position's direction alike; suits embeddings
