@@ -56,6 +56,23 @@ def test_save_then_load_through_the_base_class_gives_identical_outputs(compiled,
     assert _leftovers(tmp_path, "artifact") == []
 
 
+def test_a_loaded_artifact_session_reads_the_saved_file_not_a_reserialized_copy(compiled, tmp_path, monkeypatch):
+    dest = compiled.save(tmp_path / "artifact")
+    sources = []
+    real = OrtCompiledModel._create_session
+
+    def recording(self):
+        sources.append(self._source_path)
+        return real(self)
+
+    monkeypatch.setattr(OrtCompiledModel, "_create_session", recording)
+    monkeypatch.setattr(OrtCompiledModel, "_serialized_or_file",
+                        lambda self: pytest.fail("the loaded artifact was serialized again"))
+    reopened = CompiledModel.load(dest)
+    assert sources == [dest / "model.onnx"]
+    np.testing.assert_array_equal(reopened(FEEDS)["y"], compiled(FEEDS)["y"])
+
+
 def test_load_options_override_the_saved_ones(compiled, tmp_path):
     reopened = CompiledModel.load(compiled.save(tmp_path / "a"), threads=2)
     assert reopened.options["threads"] == 2
