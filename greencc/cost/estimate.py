@@ -212,7 +212,34 @@ def estimate_cost(
     notes: list[str] = []
     prepared, used_dims = _bind_dims(ir_model, dims, notes)
     static = with_static_inputs(prepared, used_dims)
+    _bound_data_dependent_slices(static, notes)
     return _estimate(static, ir_model, profile, used_dims, notes)
+
+
+def _bound_data_dependent_slices(model: ir.Model, notes: list[str]) -> None:
+    """Price the dims a Slice takes from the inputs' values (``trim-padded-keys``' kept keys)
+    at their upper bound, the sliced input's size: shape inference names such a dim with a
+    fresh symbol, which then flows to every op after it; each of those symbols is bound to
+    the bound everywhere, so those ops are priced rather than left unshaped. Noted."""
+    bounds: dict[str, int] = {}
+    for node in model.graph:
+        if node.op_type != "Slice" or node.domain not in ("", "ai.onnx") or not node.inputs:
+            continue
+        source, out = node.inputs[0], node.outputs[0]
+        if source is None or source.shape is None or out.shape is None or len(out.shape) != len(source.shape):
+            continue
+        for axis, dim in enumerate(out.shape):
+            size = source.shape[axis]
+            if not isinstance(dim, int) and dim.value and isinstance(size, int):
+                bounds[dim.value] = max(bounds.get(dim.value, 0), size)
+    if not bounds:
+        return
+    for node in model.graph:
+        for value in node.outputs:
+            if value.shape is not None and any(not isinstance(d, int) and d.value in bounds for d in value.shape):
+                value.shape = ir.Shape([bounds[d.value] if not isinstance(d, int) and d.value in bounds else d
+                                        for d in value.shape])
+    notes.append(f"dims taken from the inputs' values by {len(bounds)} Slice(s) priced at their upper bound (the whole axis)")
 
 
 def _ir_model_of(model: Any) -> ir.Model:

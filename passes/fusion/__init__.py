@@ -15,6 +15,7 @@ from . import (  # noqa: F401
     gemm,
     group,
     layernorm,
+    padded_keys,
     past_shape,
     rmsnorm,
     rotary,
