@@ -101,6 +101,29 @@ def test_external_weights_are_saved_beside_the_model_and_reload(tmp_path, monkey
     np.testing.assert_array_equal(reopened(FEEDS)["y"], compiled(FEEDS)["y"])
 
 
+def test_a_large_artifact_keeps_its_weights_in_a_data_file_that_loading_reads_lazily(tmp_path, monkeypatch):
+    import onnx_ir as ir
+
+    import greencc.targets.ort.cpu as ort_cpu
+
+    weights = ", ".join(str((i % 7) - 3.0) for i in range(4 * 128))  # 2 KiB
+    compiled = resolve_target("ort-cpu", threads=1).lower(
+        model_from_text(
+            f"""<ir_version: 10, opset_import: ["" : 17]>
+            g (float[N, 4] x) => (float[N, 128] y) <float[4, 128] w = {{{weights}}}> {{
+              y = MatMul(x, w)
+            }}"""
+        )
+    )
+    monkeypatch.setattr(ort_cpu, "ARTIFACT_EXTERNAL_DATA_BYTES", 1024)
+    dest = compiled.save(tmp_path / "a")
+    assert json.loads((dest / "greencc.json").read_text())["files"] == ["model.onnx", "model.onnx.data"]
+    reopened = CompiledModel.load(dest)
+    # The IR holds a reference into the data file, not a parsed copy of the weight.
+    assert isinstance(reopened.model.ir.graph.initializers["w"].const_value, ir.ExternalTensor)
+    np.testing.assert_array_equal(reopened(FEEDS)["y"], compiled(FEEDS)["y"])
+
+
 def test_saving_over_an_existing_artifact_replaces_it(compiled, tmp_path):
     dest = tmp_path / "a"
     old = resolve_target("ort-cpu", threads=1).lower(model_from_text(OTHER))
