@@ -65,6 +65,12 @@ def _run_with_calibration(model: gc.Model):
         return get_pass_class("trim-padded-keys")().call(model, ctx), ctx
 
 
+def _product(value):
+    """The MatMul / MatMulIntegerToFloat behind a projection (through its bias Add)."""
+    node = value.producer()
+    return node.inputs[0].producer() if node.op_type == "Add" else node
+
+
 def test_kept_length_is_one_past_the_last_key_any_row_keeps():
     assert kept_length(_right_padded([5, 3]) != 0) == 5
     assert kept_length(MASKS["inside"] != 0) == 6
@@ -85,12 +91,11 @@ def test_attention_becomes_multihead_attention_over_the_kept_keys(level):
         assert kinds.count("ms::MatMulIntegerToFloat") == 4  # Q over all rows, K|V over the kept rows
     # K and V are projected from the first L rows only; the mask is cut to the same L.
     for attention in (n for n in model.graph if n.op_type == "MultiHeadAttention"):
-        rows = attention.inputs[1].producer().inputs[0].producer()  # Split <- the K|V product
-        while rows.op_type != "Slice":
-            assert rows.op_type in ("Add", "MatMul", "MatMulIntegerToFloat")
-            rows = rows.inputs[0].producer()
-        assert rows.inputs[0] is attention.inputs[0].producer().inputs[0] or level == "fp32"
-        assert rows.op_type == "Slice" and attention.inputs[4].producer().op_type == "Slice"
+        q_product = _product(attention.inputs[0])
+        kv_product = _product(attention.inputs[1].producer().inputs[0])  # Split <- the K|V product
+        rows = kv_product.inputs[0].producer()
+        assert rows.op_type == "Slice" and rows.inputs[0] is q_product.inputs[0]
+        assert attention.inputs[4].producer().op_type == "Slice"
         assert rows.inputs[2] is attention.inputs[4].producer().inputs[2]  # the same L
 
 

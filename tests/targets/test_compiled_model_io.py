@@ -81,9 +81,10 @@ def test_load_options_override_the_saved_ones(compiled, tmp_path):
         CompiledModel.load(tmp_path / "a", bogus=1)
 
 
-def test_external_weights_are_saved_beside_the_model_and_reload(tmp_path, monkeypatch):
-    weights = ", ".join(str((i % 7) - 3.0) for i in range(4 * 128))  # 2 KiB: goes external
-    compiled = resolve_target("ort-cpu", threads=1).lower(
+def _with_a_2_kib_weight() -> CompiledModel:
+    """y = x · w compiled for ort-cpu, w a constant [4, 128] float32 (2 KiB)."""
+    weights = ", ".join(str((i % 7) - 3.0) for i in range(4 * 128))
+    return resolve_target("ort-cpu", threads=1).lower(
         model_from_text(
             f"""<ir_version: 10, opset_import: ["" : 17]>
             g (float[N, 4] x) => (float[N, 128] y) <float[4, 128] w = {{{weights}}}> {{
@@ -91,6 +92,10 @@ def test_external_weights_are_saved_beside_the_model_and_reload(tmp_path, monkey
             }}"""
         )
     )
+
+
+def test_external_weights_are_saved_beside_the_model_and_reload(tmp_path, monkeypatch):
+    compiled = _with_a_2_kib_weight()
     monkeypatch.setattr(greencc.ir.io, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
     dest = compiled.save(tmp_path / "a")
     assert json.loads((dest / "greencc.json").read_text())["files"] == [
@@ -106,15 +111,7 @@ def test_a_large_artifact_keeps_its_weights_in_a_data_file_that_loading_reads_la
 
     import greencc.targets.ort.cpu as ort_cpu
 
-    weights = ", ".join(str((i % 7) - 3.0) for i in range(4 * 128))  # 2 KiB
-    compiled = resolve_target("ort-cpu", threads=1).lower(
-        model_from_text(
-            f"""<ir_version: 10, opset_import: ["" : 17]>
-            g (float[N, 4] x) => (float[N, 128] y) <float[4, 128] w = {{{weights}}}> {{
-              y = MatMul(x, w)
-            }}"""
-        )
-    )
+    compiled = _with_a_2_kib_weight()
     monkeypatch.setattr(ort_cpu, "ARTIFACT_EXTERNAL_DATA_BYTES", 1024)
     dest = compiled.save(tmp_path / "a")
     assert json.loads((dest / "greencc.json").read_text())["files"] == ["model.onnx", "model.onnx.data"]
