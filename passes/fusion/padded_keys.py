@@ -78,7 +78,7 @@ class TrimPaddedKeys(FusionPass):
         self._kept: dict[ir.Value, ir.Value] = {}  # mask -> L [1]
         self._trimmed_masks: dict[ir.Value, ir.Value] = {}
         self._padding: dict[ir.Value, float | str] = {}
-        self._constants: dict[str, ir.Value] = {}
+        self._constants: dict[int, ir.Value] = {}
         self.kept_fraction: float | None = None
 
     def match(self, node: ir.Node, run: FusionRun) -> PaddedKeysSite | None:
@@ -135,7 +135,7 @@ class TrimPaddedKeys(FusionPass):
         hidden = site.weight.shape[1] // 3
         prefix = node.name or "attention"
         x = node.inputs[0]
-        zero, one = self._constant(run, graph, "trim_zero", 0), self._constant(run, graph, "trim_axis_seq", 1)
+        zero, one = self._constant(run, graph, 0), self._constant(run, graph, 1)
         first_keys = run.new_node("Slice", [x, zero, kept, one], anchor=node, output_names=[f"{prefix}_key_rows"])
         extra.append(first_keys)
         parts = {"q": slice(0, hidden), "kv": slice(hidden, 3 * hidden)}
@@ -216,28 +216,26 @@ class TrimPaddedKeys(FusionPass):
             extra.append(made)
             return made.outputs[0]
 
-        def constant(name: str, value: np.ndarray) -> ir.Value:
-            return run.initializer(graph, name, value)
-
-        def reduce(op: str, value: ir.Value, axes: list[int] | None, name: str, keepdims: int) -> ir.Value:
-            if axes is None:
+        def reduce(op: str, value: ir.Value, axis: int | None, name: str, keepdims: int) -> ir.Value:
+            if axis is None:
                 return node(op, [value], name, keepdims=keepdims)
             if run.onnx_opset() >= 18:
-                return node(op, [value, constant(f"{name}_axes", np.array(axes, np.int64))], name, keepdims=keepdims)
-            return node(op, [value], name, axes=axes, keepdims=keepdims)
+                return node(op, [value, self._constant(run, graph, axis)], name, keepdims=keepdims)
+            return node(op, [value], name, axes=[axis], keepdims=keepdims)
 
-        keys = mask if _is_zero_one(mask) else node(
-            "Cast", [node("Cast", [mask], "trim_mask_keep", to=ir.DataType.BOOL)], "trim_mask_01", to=ir.DataType.INT32)
+        int32 = ir.DataType.INT32
+        keys = mask if _is_zero_one(mask) and mask.dtype == int32 else node(
+            "Cast", [node("Cast", [mask], "trim_mask_keep", to=ir.DataType.BOOL)], "trim_mask_01", to=int32)
         # A row that keeps no key attends evenly over all of them: count it as keeping all.
         # (ReduceSum, not ReduceMax: ONNX Runtime's symbolic shape inference follows its axes input.)
-        one = constant("trim_one", np.ones((), _numpy_dtype(mask) if keys is mask else np.int32))
-        row_keeps = reduce("ReduceSum", keys, [1], "trim_row_keeps", 1)  # [B, 1]
-        row_empty = node("Cast", [node("Equal", [row_keeps, constant("trim_none", np.zeros((), _numpy_dtype(mask) if keys is mask else np.int32))],
-                                       "trim_row_is_empty")], "trim_row_empty", to=_ir_dtype(mask) if keys is mask else ir.DataType.INT32)
+        row_keeps = reduce("ReduceSum", keys, 1, "trim_row_keeps", 1)  # [B, 1]
+        no_keys = run.initializer(graph, "trim_no_keys", np.zeros((), np.int32))
+        row_empty = node("Cast", [node("Equal", [row_keeps, no_keys], "trim_row_is_empty")], "trim_row_empty", to=int32)
         keeps = node("Max", [keys, row_empty], "trim_keeps")
-        column_keeps = node("Min", [reduce("ReduceSum", keeps, [0], "trim_column_count", 0), one], "trim_column_keeps")  # [S], 0/1
+        one_key = run.initializer(graph, "trim_one_key", np.ones((), np.int32))
+        column_keeps = node("Min", [reduce("ReduceSum", keeps, 0, "trim_column_count", 0), one_key], "trim_column_keeps")  # [S], 0/1
         last = node("ArgMax", [column_keeps], "trim_last_key", axis=0, keepdims=1, select_last_index=1)
-        kept = node("Add", [last, constant("trim_one_key", np.ones(1, np.int64))], "trim_kept_keys")  # L, [1]
+        kept = node("Add", [last, self._constant(run, graph, 1)], "trim_kept_keys")  # L, [1]
         self._kept[mask] = kept
         return kept
 
@@ -245,18 +243,17 @@ class TrimPaddedKeys(FusionPass):
         if mask not in self._trimmed_masks:
             graph = anchor.graph
             assert graph is not None
-            zero, axis = self._constant(run, graph, "trim_zero", 0), self._constant(run, graph, "trim_axis_seq", 1)
+            zero, axis = self._constant(run, graph, 0), self._constant(run, graph, 1)
             sliced = run.new_node("Slice", [mask, zero, kept, axis], anchor=anchor, output_names=["trim_mask"])
             extra.append(sliced)
             self._trimmed_masks[mask] = sliced.outputs[0]
         return self._trimmed_masks[mask]
 
-
-    def _constant(self, run: FusionRun, graph: ir.Graph, name: str, value: int) -> ir.Value:
-        """A shared int64 [1] initializer."""
-        if name not in self._constants:
-            self._constants[name] = run.initializer(graph, name, np.array([value], np.int64))
-        return self._constants[name]
+    def _constant(self, run: FusionRun, graph: ir.Graph, value: int) -> ir.Value:
+        """A shared int64 [1] initializer holding ``value`` (Slice bounds and axes, axes of reductions)."""
+        if value not in self._constants:
+            self._constants[value] = run.initializer(graph, f"trim_{value}", np.array([value], np.int64))
+        return self._constants[value]
 
 
 def kept_length(keep: np.ndarray) -> int:
@@ -272,14 +269,6 @@ def _is_zero_one(mask: ir.Value) -> bool:
     node = mask.producer()
     return (node is not None and node.op_type == "Cast" and is_onnx_op(node) and node.inputs[0] is not None
             and node.inputs[0].dtype == ir.DataType.BOOL)
-
-
-def _ir_dtype(value: ir.Value) -> ir.DataType:
-    return value.dtype if value.dtype is not None else ir.DataType.INT32
-
-
-def _numpy_dtype(value: ir.Value) -> np.dtype:
-    return value.dtype.numpy() if value.dtype is not None else np.dtype(np.int32)
 
 
 def _structure_reason(node: ir.Node, layout: dict) -> str:
